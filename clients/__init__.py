@@ -1,0 +1,1 @@
+"""Flower ClientApp: benign clients and backdoor attackers."""

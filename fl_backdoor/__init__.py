@@ -1,0 +1,1 @@
+"""fl-backdoor core: config, data, partitions, models, triggers, poisoning, training, outputs."""

@@ -1,0 +1,67 @@
+"""The backdoor attacker: who attacks when, with which trigger, and model replacement."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ExperimentConfig, parse_int_list
+from .poisoning import BatchPoisoner, victim_copies
+from .training import BatchTransform, SGDSettings
+from .triggers import Trigger, trigger_for
+
+
+def image_size(cfg: ExperimentConfig) -> int:
+    """Height (= width) of the dataset's images."""
+    return 32 if cfg.dataset == "cifar10" else 28
+
+
+def attacker_trigger(cfg: ExperimentConfig, client_id: int) -> Trigger:
+    """The trigger an attacker stamps: its DBA piece, or the whole pattern."""
+    piece = cfg.dba_piece_of(client_id) if cfg.trigger == "dba" else None
+    return trigger_for(cfg.trigger, image_size(cfg), parse_int_list(cfg.trigger_origin, "trigger-origin"), piece)
+
+
+def test_trigger(cfg: ExperimentConfig, piece: int | None = None) -> Trigger:
+    """The trigger used at test time (DBA: the union of the pieces, or one piece)."""
+    return trigger_for(cfg.trigger, image_size(cfg), parse_int_list(cfg.trigger_origin, "trigger-origin"), piece)
+
+
+def is_attacking(cfg: ExperimentConfig, client_id: int, server_round: int, phase: str) -> bool:
+    """Whether this client poisons in this round.
+
+    Attackers poison in their attack rounds during training and, as in the paper,
+    in every round of federated fine-tuning.
+    """
+    if client_id not in cfg.attackers:
+        return False
+    return phase == "finetune" or cfg.attacks_in_round(server_round)
+
+
+def poison_settings(cfg: ExperimentConfig) -> SGDSettings:
+    """The attacker's own optimiser: lr, epochs and the DBA step schedule (x0.1 at 20% and 80%)."""
+    epochs = cfg.poison_epochs
+    milestones = (tuple(sorted({max(1, int(0.2 * epochs)), max(1, int(0.8 * epochs))}))
+                  if cfg.poison_lr_steps else ())
+    return SGDSettings(lr=cfg.poison_lr, epochs=epochs, batch_size=cfg.batch_size, momentum=cfg.momentum,
+                       weight_decay=cfg.weight_decay, lr_milestones=milestones)
+
+
+def poisoned_training_data(cfg: ExperimentConfig, client_id: int, x: torch.Tensor, y: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, BatchTransform | None]:
+    """What the attacker trains on: (x, y, batch transform) for the configured mode."""
+    trigger = attacker_trigger(cfg, client_id)
+    if cfg.attack_mode == "victim":
+        xp, yp = victim_copies(x, y, cfg.victim_label, cfg.attack_label, trigger)
+        return xp, yp, None
+    return x, y, BatchPoisoner(trigger, cfg.attack_label, cfg.poison_per_batch)
+
+
+def scale_update(global_state: dict[str, torch.Tensor], local_state: dict[str, torch.Tensor],
+                 gamma: float) -> dict[str, torch.Tensor]:
+    """Model replacement: G + gamma * (L - G) for every entry, BN buffers included."""
+    out = {}
+    for name, g in global_state.items():
+        l = local_state[name]
+        scaled = g.double() + gamma * (l.double() - g.double())
+        out[name] = scaled.round().to(g.dtype) if not g.is_floating_point() else scaled.to(g.dtype)
+    return out

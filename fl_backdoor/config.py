@@ -1,0 +1,376 @@
+"""The one configuration schema of a run.
+
+The same schema is read from Flower's run config (``[tool.flwr.app.config]`` and
+``flwr run . --run-config``), from ``-c key=value`` options of the experiment
+scripts, and from keyword arguments in Python.  Keys are kebab-case
+(``num-clients``); the Python attributes are their snake_case twins
+(``num_clients``).  Every value is a scalar (int, float, bool or str) so that
+the whole config travels inside a Flower ``ConfigRecord``; lists are written as
+comma-separated strings (``attacker-ids = "0,3"``) and round sets as ranges
+(``attack-rounds = "11-20,25"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10")
+DEFAULT_MODEL = {"mnist": "mnist-cnn", "fashion-mnist": "fmnist-cnn", "cifar10": "vgg11"}
+MODELS = ("mnist-cnn", "fmnist-cnn", "vgg11", "resnet18-slim")
+MODEL_INPUT = {  # model -> (channels, height) it is built for
+    "mnist-cnn": (1, 28),
+    "fmnist-cnn": (1, 28),
+    "vgg11": (3, 32),
+    "resnet18-slim": (3, 32),
+}
+PARTITIONS = ("iid", "k-labels", "dirichlet")
+AGGREGATIONS = ("paper", "dba")
+ATTACK_MODES = ("victim", "all-to-one")
+TRIGGERS = ("pixel-1", "pixel-3", "pixel-5", "pixel-7", "pixel-9", "dba")
+DEFENSE_MODES = ("train-only", "fp", "fp-aw", "all", "aw")
+PRUNING_METHODS = ("rap", "mvp")
+PRUNING_ACCURACY_SOURCES = ("server", "clients")
+ADAPTIVE_ATTACKS = ("none", "rank-manipulation", "pruning-aware", "pruning-aware-oracle", "aw-aware")
+MALFORMED_REPLIES = (
+    "none", "wrong-names", "wrong-shape", "wrong-dtype", "non-finite",
+    "bad-ranking", "bad-votes", "bad-accuracy", "raise", "hang",
+)
+NUM_CLASSES = 10
+
+
+class UserError(Exception):
+    """Bad input from the user (config, data, checkpoint): reported as one line, no traceback."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Every setting of a run: data, federation, attack, defense and output."""
+
+    # --- run ---------------------------------------------------------------
+    seed: int = _opt(0, "Seed of everything random: partitions, model init, sampling, training.")
+    output_dir: str = _opt("runs", "Directory under which each run gets its own directory.")
+    run_name: str = _opt("", "Name of the run directory; empty = <time>-<dataset>-<mode>.")
+    resume: bool = _opt(False, "Continue the run in output-dir/run-name from its last completed round or phase.")
+    init_checkpoint: str = _opt("", "Start from this saved global model (.pt); rounds continue its numbering.")
+    # --- data ----------------------------------------------------------------
+    dataset: str = _opt("fashion-mnist", "mnist | fashion-mnist | cifar10.", choices=DATASETS)
+    data_dir: str = _opt("", "Dataset directory; empty = $FL_BACKDOOR_DATA_DIR, else ./data.")
+    download: bool = _opt(True, "Download a missing dataset (with checksum checks).")
+    data_fraction: float = _opt(1.0, "Use this stratified fraction of the training set (smaller = faster).")
+    validation_fraction: float = _opt(0.01, "Share of the training set held out as the server's clean set (validation, centralized defenses).")
+    test_subset: int = _opt(0, "Evaluate on this many test images (stratified); 0 = the whole test set.")
+    partition: str = _opt("k-labels", "iid | k-labels (the paper) | dirichlet (DBA).", choices=PARTITIONS)
+    labels_per_client: int = _opt(3, "K of the k-labels partition.")
+    equal_size: bool = _opt(True, "k-labels: every client gets the same number of samples.")
+    dirichlet_alpha: float = _opt(0.5, "Concentration of the Dirichlet partition.")
+    # --- model ---------------------------------------------------------------
+    model: str = _opt("", "mnist-cnn | fmnist-cnn | vgg11 | resnet18-slim; empty = the dataset's default.")
+    model_widths: str = _opt("", "Conv widths, e.g. '8,16' (small) or '20,50' (large) for mnist-cnn; empty = model default.")
+    # --- federation ------------------------------------------------------------
+    num_clients: int = _opt(10, "Number of clients (data partitions).")
+    num_rounds: int = _opt(20, "Training rounds run by this invocation.")
+    fraction: float = _opt(1.0, "Fraction of clients sampled per round (1.0 = all, the paper's simplification).")
+    aggregation: str = _opt("paper", "paper: G += 1/n sum(L-G); dba: G += eta/n sum(L-G).", choices=AGGREGATIONS)
+    server_lr: float = _opt(1.0, "eta of the dba aggregation (the DBA reference uses 0.1).")
+    min_replies: int = _opt(1, "Skip a round (keep the model) when fewer valid replies arrive.")
+    round_timeout: float = _opt(3600.0, "Seconds the server waits for the replies of one round.")
+    # --- benign local training -------------------------------------------------
+    lr: float = _opt(0.01, "Client learning rate.")
+    momentum: float = _opt(0.9, "Client SGD momentum.")
+    weight_decay: float = _opt(5e-4, "Client SGD weight decay.")
+    batch_size: int = _opt(64, "Client batch size.")
+    local_epochs: int = _opt(1, "Benign local epochs per round.")
+    last_conv_l2: float = _opt(0.0, "L2 penalty (lambda) on the last conv layer during training (Fig. 10).")
+    # --- attack ------------------------------------------------------------------
+    attack_mode: str = _opt("victim", "victim: VL -> AL (the paper); all-to-one: every label -> AL (DBA).", choices=ATTACK_MODES)
+    num_attackers: int = _opt(1, "Attackers are clients 0..n-1 unless attacker-ids is set.")
+    attacker_ids: str = _opt("", "Comma-separated attacker client ids (overrides num-attackers).")
+    attack_rounds: str = _opt("all", "Rounds in which attackers poison, e.g. 'all', '11-20', '203,205,207,209'.")
+    attackers_always_selected: bool = _opt(True, "With fraction < 1, attackers are sampled in their attack rounds.")
+    victim_label: int = _opt(9, "VL: the label whose triggered images should flip (victim mode).")
+    attack_label: int = _opt(0, "AL: the label the trigger should produce.")
+    trigger: str = _opt("pixel-1", "pixel-1/3/5/7/9 (BadNets patterns) or dba (four local pieces).", choices=TRIGGERS)
+    trigger_origin: str = _opt("", "row,col of the trigger pattern's top-left pixel; empty = the pattern's own place.")
+    dba_pieces: str = _opt("", "DBA piece (0-3) held by each attacker, comma-separated; empty = attacker k holds k mod 4.")
+    poison_per_batch: int = _opt(20, "all-to-one: poisoned samples in each batch of 'batch-size'.")
+    gamma: float = _opt(1.0, "Model-replacement scale: the attacker submits G + gamma * (L - G), 1 <= gamma <= N.")
+    poison_lr: float = _opt(0.01, "Attacker learning rate.")
+    poison_epochs: int = _opt(1, "Attacker local epochs.")
+    poison_lr_steps: bool = _opt(False, "Attacker lr x0.1 at 20% and 80% of its epochs (DBA reference).")
+    adaptive_attack: str = _opt("none", "Adaptive attacker: " + " | ".join(ADAPTIVE_ATTACKS) + ".", choices=ADAPTIVE_ATTACKS)
+    malformed_reply: str = _opt("none", "Attackers send this kind of invalid reply (robustness tests).", choices=MALFORMED_REPLIES)
+    # --- defense -------------------------------------------------------------------
+    defense: str = _opt("train-only", " | ".join(DEFENSE_MODES) + ".", choices=DEFENSE_MODES)
+    pruning_method: str = _opt("rap", "rap: aggregate ranks; mvp: majority votes.", choices=PRUNING_METHODS)
+    pruning_layer: str = _opt("", "Layer whose neurons are ranked and pruned; empty = the model's last conv layer.")
+    mvp_rate: float = _opt(0.5, "p of MVP: each client votes to prune its p*P least active neurons.")
+    pruning_accuracy: str = _opt("server", "Accuracy for the pruning stop: server validation set or client reports.", choices=PRUNING_ACCURACY_SOURCES)
+    pruning_max_drop: float = _opt(0.02, "Stop pruning before validation accuracy drops more than this below the unpruned model.")
+    finetune_rounds: int = _opt(10, "Maximum federated fine-tuning rounds.")
+    finetune_patience: int = _opt(2, "Stop fine-tuning after this many rounds without improvement.")
+    aw_delta: float = _opt(0.0, "Fixed AW threshold Delta (the paper's fixed value is 3); 0 = adaptive search.")
+    aw_delta_start: float = _opt(5.0, "Adaptive AW: first Delta.")
+    aw_delta_step: float = _opt(0.25, "Adaptive AW: Delta decrement.")
+    aw_delta_min: float = _opt(0.5, "Adaptive AW: smallest Delta tried.")
+    aw_max_drop: float = _opt(0.02, "Adaptive AW: keep shrinking Delta while validation accuracy stays within this of its start.")
+    # --- evaluation and compute ------------------------------------------------------
+    eval_every: int = _opt(1, "Evaluate the global model every this many rounds (and after the last).")
+    eval_batch_size: int = _opt(1000, "Batch size of evaluation.")
+    client_cpus: float = _opt(1.0, "CPUs reserved per simulated client (Ray actor).")
+    client_gpus: float = _opt(0.0, "GPUs reserved per simulated client.")
+    device: str = _opt("auto", "cpu | cuda | auto (cuda when available).")
+
+    # ------------------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> list[str]:
+        """All config keys in kebab-case."""
+        return [f.name.replace("_", "-") for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any], *, validate: bool = True) -> "ExperimentConfig":
+        """Build a config from flat kebab-case (or snake_case) keys, coercing strings.
+
+        Raises ConfigError for an unknown key or a value of the wrong type.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                raise ConfigError(f"unknown config key '{key}' (known keys: {', '.join(cls.keys())})")
+            kwargs[name] = _coerce(key, value, type(fields[name].default))
+        cfg = cls(**kwargs)
+        if validate:
+            cfg.validate()
+        return cfg
+
+    def to_flat(self) -> dict[str, Any]:
+        """The config as flat kebab-case keys with scalar values."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> "ExperimentConfig":
+        """A validated copy with some values changed (snake_case names)."""
+        flat = self.to_flat()
+        flat.update({k.replace("_", "-"): v for k, v in changes.items()})
+        return ExperimentConfig.from_flat(flat)
+
+    def digest(self, *keys: str) -> str:
+        """A short stable hash of the given keys (all keys when none given)."""
+        flat = self.to_flat()
+        chosen = {k: flat[k] for k in (keys or flat)}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+    # --- derived values -------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        """The model to build (the dataset's default when 'model' is empty)."""
+        return self.model or DEFAULT_MODEL[self.dataset]
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Conv widths requested with model-widths (empty tuple = model default)."""
+        return parse_int_list(self.model_widths, "model-widths")
+
+    @property
+    def attackers(self) -> tuple[int, ...]:
+        """Ids of the attacking clients."""
+        if self.attacker_ids.strip():
+            return parse_int_list(self.attacker_ids, "attacker-ids")
+        return tuple(range(self.num_attackers))
+
+    def attacks_in_round(self, server_round: int) -> bool:
+        """Whether attackers poison in this (absolute) round."""
+        return round_in_spec(server_round, self.attack_rounds)
+
+    def dba_piece_of(self, client_id: int) -> int:
+        """The DBA trigger piece held by an attacker."""
+        pieces = parse_int_list(self.dba_pieces, "dba-pieces")
+        k = self.attackers.index(client_id)
+        return pieces[k] if pieces else k % 4
+
+    # --- validation -------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check every value; raise ConfigError naming the first bad key."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name.replace('_', '-')}: '{value}' is not one of {', '.join(choices)}")
+        if self.model and self.model not in MODELS:
+            raise ConfigError(f"model: unknown model '{self.model}' (known: {', '.join(MODELS)})")
+        channels, size = MODEL_INPUT[self.model_name]
+        data_channels, data_size = (3, 32) if self.dataset == "cifar10" else (1, 28)
+        if (channels, size) != (data_channels, data_size):
+            raise ConfigError(f"model: '{self.model_name}' takes {channels}x{size}x{size} inputs, "
+                              f"{self.dataset} images are {data_channels}x{data_size}x{data_size}")
+        _check(self.num_clients >= 1, "num-clients", f"must be >= 1, got {self.num_clients}")
+        _check(self.num_rounds >= 0, "num-rounds", f"must be >= 0, got {self.num_rounds}")
+        _check(0.0 < self.fraction <= 1.0, "fraction", f"must be in (0, 1], got {self.fraction}")
+        _check(0.0 < self.data_fraction <= 1.0, "data-fraction", f"must be in (0, 1], got {self.data_fraction}")
+        _check(self.test_subset >= 0, "test-subset", f"must be >= 0, got {self.test_subset}")
+        _check(1 <= self.labels_per_client <= NUM_CLASSES, "labels-per-client",
+               f"must be in 1..{NUM_CLASSES}, got {self.labels_per_client}")
+        _check(self.dirichlet_alpha > 0, "dirichlet-alpha", f"must be > 0, got {self.dirichlet_alpha}")
+        for key in ("lr", "poison_lr", "server_lr"):
+            _check(getattr(self, key) > 0, key.replace("_", "-"), f"must be > 0, got {getattr(self, key)}")
+        for key in ("batch_size", "local_epochs", "poison_epochs", "eval_every", "eval_batch_size"):
+            _check(getattr(self, key) >= 1, key.replace("_", "-"), f"must be >= 1, got {getattr(self, key)}")
+        _check(self.min_replies >= 1, "min-replies", f"must be >= 1, got {self.min_replies}")
+        self.widths  # noqa: B018 - parses model-widths
+        attackers = self.attackers
+        if not self.attacker_ids.strip():
+            _check(0 <= self.num_attackers <= self.num_clients, "num-attackers",
+                   f"{self.num_attackers} attackers but only {self.num_clients} clients")
+        _check(len(set(attackers)) == len(attackers), "attacker-ids", f"repeated ids in '{self.attacker_ids}'")
+        bad = [a for a in attackers if not 0 <= a < self.num_clients]
+        _check(not bad, "attacker-ids", f"ids {bad} out of range 0..{self.num_clients - 1}")
+        parse_round_spec(self.attack_rounds, "attack-rounds")
+        for key in ("victim_label", "attack_label"):
+            value = getattr(self, key)
+            _check(0 <= value < NUM_CLASSES, key.replace("_", "-"), f"label {value} out of range 0..{NUM_CLASSES - 1}")
+        if self.attack_mode == "victim" and attackers:
+            _check(self.victim_label != self.attack_label, "attack-label", "must differ from victim-label")
+        _check(1.0 <= self.gamma <= max(self.num_clients, 1), "gamma",
+               f"must be in [1, N={self.num_clients}], got {self.gamma}")
+        _check(0 <= self.poison_per_batch <= self.batch_size, "poison-per-batch",
+               f"must be in 0..batch-size ({self.batch_size}), got {self.poison_per_batch}")
+        pieces = parse_int_list(self.dba_pieces, "dba-pieces")
+        if pieces:
+            _check(len(pieces) == len(attackers), "dba-pieces",
+                   f"{len(pieces)} pieces for {len(attackers)} attackers")
+            _check(all(0 <= p < 4 for p in pieces), "dba-pieces", f"pieces must be 0..3, got {pieces}")
+        origin = parse_int_list(self.trigger_origin, "trigger-origin")
+        _check(len(origin) in (0, 2), "trigger-origin", f"expected 'row,col', got '{self.trigger_origin}'")
+        from .triggers import trigger_for
+
+        trigger = trigger_for(self.trigger, data_size, origin)
+        outside = [p for p in trigger.pixels if not (0 <= p[0] < data_size and 0 <= p[1] < data_size)]
+        _check(not outside, "trigger-origin",
+               f"trigger '{self.trigger}' puts pixels {outside[:3]} outside the {data_size}x{data_size} image")
+        _check(0.0 < self.mvp_rate < 1.0, "mvp-rate", f"must be in (0, 1), got {self.mvp_rate}")
+        _check(0.0 < self.validation_fraction < 0.5, "validation-fraction",
+               f"must be in (0, 0.5), got {self.validation_fraction}")
+        for key in ("pruning_max_drop", "aw_max_drop"):
+            value = getattr(self, key)
+            _check(0.0 <= value <= 1.0, key.replace("_", "-"), f"must be in [0, 1], got {value}")
+        _check(self.finetune_rounds >= 0, "finetune-rounds", f"must be >= 0, got {self.finetune_rounds}")
+        _check(self.finetune_patience >= 1, "finetune-patience", f"must be >= 1, got {self.finetune_patience}")
+        _check(self.aw_delta >= 0, "aw-delta", f"must be >= 0, got {self.aw_delta}")
+        _check(self.aw_delta_step > 0, "aw-delta-step", f"must be > 0, got {self.aw_delta_step}")
+        _check(0 < self.aw_delta_min <= self.aw_delta_start, "aw-delta-min",
+               f"must be in (0, aw-delta-start={self.aw_delta_start}], got {self.aw_delta_min}")
+        _check(self.client_cpus > 0, "client-cpus", f"must be > 0, got {self.client_cpus}")
+        _check(self.device in ("auto", "cpu", "cuda"), "device", f"'{self.device}' is not one of auto, cpu, cuda")
+        _check(not (self.resume and self.init_checkpoint), "resume", "cannot be combined with init-checkpoint")
+        _check(not (self.resume and not self.run_name), "resume", "needs run-name (the run directory to continue)")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Convert a raw value (often a string from a command line) to the field's type."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def parse_int_list(text: str, key: str) -> tuple[int, ...]:
+    """Parse '1,2, 3' into (1, 2, 3); '' gives ()."""
+    text = text.strip()
+    if not text:
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{key}: expected comma-separated integers, got '{text}'") from None
+
+
+def parse_round_spec(text: str, key: str) -> list[tuple[int, int]] | None:
+    """Parse 'all' (None) or '1-5,9,12-14' into inclusive (start, end) ranges."""
+    text = text.strip().lower()
+    if text == "all":
+        return None
+    if text in ("", "none"):
+        return []
+    ranges = []
+    for part in text.split(","):
+        bounds = part.strip().split("-")
+        try:
+            start, end = (int(bounds[0]), int(bounds[-1])) if len(bounds) <= 2 else (None, None)
+        except ValueError:
+            start = end = None
+        if start is None or end is None or start < 1 or end < start:
+            raise ConfigError(f"{key}: '{part.strip()}' is not a round or range like 11-20 (rounds start at 1)")
+        ranges.append((start, end))
+    return ranges
+
+
+def round_in_spec(server_round: int, text: str) -> bool:
+    """Whether a round falls in a round spec ('all', 'none', '1-5,9')."""
+    ranges = parse_round_spec(text, "rounds")
+    return ranges is None or any(a <= server_round <= b for a, b in ranges)
+
+
+def config_from_args(overrides: list[str], base: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Build a config from 'key=value' strings on top of a base mapping."""
+    values = dict(base or {})
+    for item in overrides:
+        for pair in item.split():
+            if "=" not in pair:
+                raise ConfigError(f"'{pair}' is not key=value")
+            key, value = pair.split("=", 1)
+            values[key.strip()] = value.strip().strip("'\"")
+    return ExperimentConfig.from_flat(values)
+
+
+def toml_table() -> str:
+    """The schema's defaults as the body of pyproject's [tool.flwr.app.config] table."""
+    lines = []
+    for f in dataclasses.fields(ExperimentConfig):
+        value = f.default
+        text = ("true" if value else "false") if isinstance(value, bool) else json.dumps(value)
+        lines.append(f"{f.name.replace('_', '-')} = {text}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(toml_table())

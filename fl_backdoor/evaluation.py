@@ -1,0 +1,44 @@
+"""Clean accuracy (TA) and attack success (AA) of a model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attacks import test_trigger
+from .config import ExperimentConfig
+from .datasets import Split
+from .training import accuracy
+
+
+def backdoor_test_images(cfg: ExperimentConfig, test: Split) -> torch.Tensor:
+    """Test images the attack should flip: the victim label (victim mode) or every non-target label."""
+    if cfg.attack_mode == "victim":
+        return test.x[test.y == cfg.victim_label]
+    return test.x[test.y != cfg.attack_label]
+
+
+class Evaluator:
+    """Measures TA and AA (and, for DBA, the AA of each local trigger) on a fixed test set.
+
+    The triggered copies are built once; every call only runs the model.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, test: Split, device: torch.device) -> None:
+        self.batch_size = cfg.eval_batch_size
+        self.x = test.x.to(device)
+        self.y = test.y.to(device)
+        source = backdoor_test_images(cfg, test)
+        self.sets: dict[str, torch.Tensor] = {"aa": test_trigger(cfg).apply(source).to(device)}
+        if cfg.trigger == "dba":
+            for piece in range(4):
+                self.sets[f"aa_piece{piece}"] = test_trigger(cfg, piece).apply(source).to(device)
+        self.target = cfg.attack_label
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        """{'ta': ..., 'aa': ..., ['aa_piece0'..'aa_piece3']} as fractions in [0, 1]."""
+        out = {"ta": accuracy(model, self.x, self.y, self.batch_size)}
+        for name, images in self.sets.items():
+            target = torch.full((images.shape[0],), self.target, dtype=torch.long, device=images.device)
+            out[name] = accuracy(model, images, target, self.batch_size)
+        return out

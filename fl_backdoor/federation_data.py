@@ -1,0 +1,91 @@
+"""Who holds which data: the server's clean set, the clients' partitions, the test set.
+
+All of it derives from the config and its seed, so every process (server, Ray
+actors, experiment workers) computes the same split.  Results are cached per
+process under a digest of the config keys they depend on: datasets load once and
+partitions are computed once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import partitions
+from .config import ExperimentConfig
+from .datasets import Split, load_split, resolve_data_dir
+
+_SPLIT_KEYS = ("dataset", "data-dir", "download", "seed", "data-fraction", "validation-fraction")
+_PARTITION_KEYS = _SPLIT_KEYS + ("num-clients", "partition", "labels-per-client", "equal-size",
+                                 "dirichlet-alpha", "attack-mode", "victim-label", "num-attackers",
+                                 "attacker-ids")
+_TEST_KEYS = ("dataset", "data-dir", "download", "test-subset", "seed")
+_CACHE: dict[tuple[str, ...], Any] = {}
+
+
+def _cached(key: tuple[str, ...], build: Callable[[], Any]) -> Any:
+    if key not in _CACHE:
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def _train_split(cfg: ExperimentConfig) -> Split:
+    return load_split(cfg.dataset, str(resolve_data_dir(cfg.data_dir)), True, cfg.download)
+
+
+def pools(cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(server validation indices, indices the clients share) into the training split."""
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        labels = _train_split(cfg).y.numpy()
+        validation = partitions.stratified_subset(labels, cfg.validation_fraction, cfg.seed + 7)
+        pool = np.setdiff1d(np.arange(len(labels)), validation)
+        if cfg.data_fraction < 1.0:
+            pool = pool[partitions.stratified_subset(labels[pool], cfg.data_fraction, cfg.seed + 11)]
+        return validation, pool
+    return _cached(("pools", cfg.digest(*_SPLIT_KEYS)), build)
+
+
+def client_partitions(cfg: ExperimentConfig) -> tuple[np.ndarray, ...]:
+    """Training-split indices of every client."""
+    def build() -> tuple[np.ndarray, ...]:
+        _, pool = pools(cfg)
+        labels = _train_split(cfg).y.numpy()[pool]
+        if cfg.partition == "iid":
+            parts = partitions.iid(labels, cfg.num_clients, cfg.seed)
+        elif cfg.partition == "dirichlet":
+            parts = partitions.dirichlet(labels, cfg.num_clients, cfg.dirichlet_alpha, cfg.seed)
+        else:
+            # an attacker of the victim mode must own victim-label images to poison
+            required = ({a: cfg.victim_label for a in cfg.attackers}
+                        if cfg.attack_mode == "victim" else None)
+            parts = partitions.k_labels(labels, cfg.num_clients, cfg.labels_per_client, cfg.seed,
+                                        equal_size=cfg.equal_size, required=required)
+        return tuple(pool[p] for p in parts)
+    return _cached(("partitions", cfg.digest(*_PARTITION_KEYS)), build)
+
+
+def client_data(cfg: ExperimentConfig, client_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A client's (x, y) on the device, cached for the life of the process."""
+    def build() -> tuple[torch.Tensor, torch.Tensor]:
+        part = _train_split(cfg).subset(client_partitions(cfg)[client_id])
+        return part.x.to(device), part.y.to(device)
+    return _cached(("client", cfg.digest(*_PARTITION_KEYS), str(client_id), str(device)), build)
+
+
+def validation_set(cfg: ExperimentConfig) -> Split:
+    """The server's small clean set, held out of every client's data."""
+    return _cached(("validation", cfg.digest(*_SPLIT_KEYS)),
+                   lambda: _train_split(cfg).subset(pools(cfg)[0]))
+
+
+def test_set(cfg: ExperimentConfig) -> Split:
+    """The (optionally stratified-subsampled) test split."""
+    def build() -> Split:
+        test = load_split(cfg.dataset, str(resolve_data_dir(cfg.data_dir)), False, cfg.download)
+        if cfg.test_subset and cfg.test_subset < len(test):
+            keep = partitions.stratified_subset(test.y.numpy(), cfg.test_subset / len(test), cfg.seed + 13)
+            test = test.subset(keep)
+        return test
+    return _cached(("test", cfg.digest(*_TEST_KEYS)), build)

@@ -1,0 +1,102 @@
+"""Local training and evaluation loops over in-memory tensors.
+
+Batches are index slices of tensors already on the device; nothing is assembled
+sample by sample and no DataLoader worker is involved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+LossTerm = Callable[[nn.Module], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SGDSettings:
+    """Optimiser settings of one local training job."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_milestones: tuple[int, ...] = ()  # epochs after which lr is multiplied by 0.1
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """What a local training job reports."""
+
+    loss: float
+    num_examples: int
+    num_steps: int
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: SGDSettings,
+          generator: torch.Generator, *, batch_transform: BatchTransform | None = None,
+          extra_loss: LossTerm | None = None,
+          after_step: Callable[[nn.Module], None] | None = None) -> TrainStats:
+    """Train ``model`` in place with SGD on (x, y), reshuffling every epoch."""
+    model.train()
+    optimiser = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay)
+    scheduler = (torch.optim.lr_scheduler.MultiStepLR(optimiser, list(settings.lr_milestones), 0.1)
+                 if settings.lr_milestones else None)
+    n = int(y.shape[0])
+    total_loss = torch.zeros((), device=x.device)
+    steps = 0
+    for _ in range(settings.epochs):
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n, settings.batch_size):
+            idx = order[start:start + settings.batch_size]
+            xb, yb = x[idx], y[idx]
+            if batch_transform is not None:
+                xb, yb = batch_transform(xb, yb)
+            optimiser.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), yb)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model)
+            loss.backward()
+            optimiser.step()
+            if after_step is not None:
+                after_step(model)
+            total_loss += loss.detach()
+            steps += 1
+        if scheduler is not None:
+            scheduler.step()
+    return TrainStats(loss=float(total_loss) / max(steps, 1), num_examples=n * settings.epochs, num_steps=steps)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted labels of x, in eval mode."""
+    model.eval()
+    out = [model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of x classified as y (0.0 for an empty set)."""
+    if y.shape[0] == 0:
+        return 0.0
+    return float((predict(model, x, batch_size) == y).float().mean())
+
+
+def l2_on_layer(layer: str, strength: float) -> LossTerm:
+    """Loss term strength * ||W||^2 on one layer's weight (the paper's Fig. 10 regulariser)."""
+    def term(model: nn.Module) -> torch.Tensor:
+        return strength * model.get_submodule(layer).weight.pow(2).sum()
+    return term
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,1 @@
+"""Flower ServerApp, FedAvg strategies and the server's training and cleansing phases."""
