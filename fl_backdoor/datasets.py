@@ -189,11 +189,11 @@ def _ensure_cifar(folder: Path, download: bool) -> None:
         raise DatasetUnavailable(_missing_message(folder, names, f"download failed: {exc.__class__.__name__}")) from None
 
 
-def link_offline_copy(source: Path, data_dir: Path) -> None:
+def link_offline_copy(source: Path, data_dir: Path, cifar: bool = True) -> None:
     """Make data_dir hold the offline copies in ``source`` in the official layout.
 
-    MNIST and Fashion-MNIST folders are symlinked; CIFAR-10 is written in the official
-    python format by ``source/prepare_cifar10.py`` when that script and its zip exist.
+    MNIST and Fashion-MNIST folders are symlinked; with ``cifar``, CIFAR-10 is written
+    in the official python format by ``source/prepare_cifar10.py`` (about 10 s).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     for name in _IDX_SOURCES:
@@ -201,7 +201,7 @@ def link_offline_copy(source: Path, data_dir: Path) -> None:
         if (source / name).is_dir() and not target.exists():
             target.symlink_to((source / name).resolve(), target_is_directory=True)
     prepare = source / "prepare_cifar10.py"
-    if prepare.exists() and not (data_dir / _CIFAR_DIR / "test_batch").exists():
+    if cifar and prepare.exists() and not (data_dir / _CIFAR_DIR / "test_batch").exists():
         subprocess.run([sys.executable, str(prepare), str(data_dir)], check=True)
 
 

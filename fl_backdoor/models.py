@@ -47,7 +47,7 @@ class MnistCNN(nn.Module):
 class FashionCNN(nn.Module):
     """3 conv + 2 fc for Fashion-MNIST."""
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 64), fc: int = 128, num_classes: int = 10) -> None:
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), fc: int = 128, num_classes: int = 10) -> None:
         super().__init__()
         c1, c2, c3 = widths
         self.features = nn.Sequential(OrderedDict(
@@ -156,7 +156,7 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
     if name == "mnist-cnn":
         return MnistCNN(widths or (20, 50))
     if name == "fmnist-cnn":
-        return FashionCNN(widths or (32, 64, 64))
+        return FashionCNN(widths or (16, 32, 64))
     if name == "vgg11":
         return VGG11(widths)
     if name == "resnet18-slim":

@@ -1,0 +1,43 @@
+"""Model replacement scaling and the attack schedule."""
+
+import torch
+
+from fl_backdoor.attacks import attacker_trigger, is_attacking, poison_settings, scale_update
+from fl_backdoor.config import ExperimentConfig
+
+
+def test_scale_update_matches_formula():
+    g = {"w": torch.tensor([1.0, -2.0, 0.5]), "n": torch.tensor(10, dtype=torch.long)}
+    l = {"w": torch.tensor([1.5, -1.0, 0.0]), "n": torch.tensor(12, dtype=torch.long)}
+    out = scale_update(g, l, gamma=4.0)
+    assert torch.allclose(out["w"], torch.tensor([1.0 + 4 * 0.5, -2.0 + 4 * 1.0, 0.5 + 4 * -0.5]))
+    assert out["n"].dtype == torch.long and int(out["n"]) == 10 + 4 * 2
+    same = scale_update(g, l, gamma=1.0)
+    assert torch.equal(same["w"], l["w"])
+
+
+def test_replacement_survives_equal_weight_averaging():
+    """With gamma = N and benign clients at G, the average equals the attacker's model."""
+    torch.manual_seed(0)
+    n = 5
+    g = {"w": torch.randn(4, 3)}
+    attacker = {"w": torch.randn(4, 3)}
+    submitted = scale_update(g, attacker, gamma=n)
+    updates = [submitted["w"]] + [g["w"]] * (n - 1)
+    new_global = g["w"] + sum(u - g["w"] for u in updates) / n
+    assert torch.allclose(new_global, attacker["w"], atol=1e-6)
+
+
+def test_schedule_and_pieces():
+    cfg = ExperimentConfig.from_flat({"num-clients": 10, "attacker-ids": "2,5,7,8", "attack-rounds": "3-4,9",
+                                      "trigger": "dba", "attack-mode": "all-to-one", "gamma": 5})
+    assert [r for r in range(1, 11) if is_attacking(cfg, 5, r, "train")] == [3, 4, 9]
+    assert not is_attacking(cfg, 1, 3, "train")
+    assert is_attacking(cfg, 5, 6, "finetune"), "attackers keep attacking during fine-tuning"
+    assert [cfg.dba_piece_of(a) for a in (2, 5, 7, 8)] == [0, 1, 2, 3]
+    assert set(attacker_trigger(cfg, 7).pixels) == {(3, c) for c in range(0, 4)}
+
+
+def test_poison_lr_steps_at_20_and_80_percent():
+    cfg = ExperimentConfig.from_flat({"poison-epochs": 10, "poison-lr-steps": True})
+    assert poison_settings(cfg).lr_milestones == (2, 8)

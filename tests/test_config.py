@@ -1,0 +1,54 @@
+"""The config schema: coercion, clear errors naming the key, pyproject in sync."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fl_backdoor.config import ConfigError, ExperimentConfig, config_from_args, round_in_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"dataset": "svhn"}, "dataset"),
+    ({"model": "alexnet"}, "model"),
+    ({"model": "vgg11"}, "model"),  # a CIFAR model on 28x28 Fashion-MNIST
+    ({"num-clients": 5, "num-attackers": 6}, "num-attackers"),
+    ({"num-clients": 5, "attacker-ids": "1,5"}, "attacker-ids"),
+    ({"victim-label": 10}, "victim-label"),
+    ({"attack-label": -1}, "attack-label"),
+    ({"trigger-origin": "26,26", "trigger": "pixel-9"}, "trigger-origin"),
+    ({"trigger": "dba", "trigger-origin": "0,20"}, "trigger-origin"),
+    ({"gamma": 11}, "gamma"),
+    ({"gamma": 0.5}, "gamma"),
+    ({"labels-per-client": 11}, "labels-per-client"),
+    ({"attack-rounds": "5-2"}, "attack-rounds"),
+    ({"fraction": 0}, "fraction"),
+    ({"num-rounds": "ten"}, "num-rounds"),
+    ({"equal-size": "maybe"}, "equal-size"),
+    ({"no-such-key": 1}, "no-such-key"),
+])
+def test_invalid_values_name_their_key(values, key):
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_flat(values)
+    assert key in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_strings_are_coerced():
+    cfg = config_from_args(["num-clients=20 gamma=2.5 equal-size=false attacker-ids='3,4'"])
+    assert cfg.num_clients == 20 and cfg.gamma == 2.5 and cfg.equal_size is False
+    assert cfg.attackers == (3, 4)
+
+
+def test_round_specs():
+    assert round_in_spec(7, "all")
+    assert not round_in_spec(7, "none")
+    assert [r for r in range(1, 12) if round_in_spec(r, "2-3,9,11")] == [2, 3, 9, 11]
+
+
+def test_pyproject_run_config_is_the_schema():
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert table == ExperimentConfig().to_flat()
+    ExperimentConfig.from_flat(table)  # the defaults are valid
