@@ -11,6 +11,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients.cleansing_jobs import candidate_report, neuron_report
 from clients.local_training import local_accuracy, run_local_job
 from fl_backdoor import protocol
 
@@ -55,4 +56,31 @@ def evaluate(msg: Message, context: Context) -> Message:
     correct, total = local_accuracy(cfg, int(config["client-id"]), msg.content[protocol.ARRAYS].to_torch_state_dict(),
                                     protocol.read_mask(config))
     metrics = MetricRecord({"num-examples": total, "accuracy": correct / max(total, 1)})
+    return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
+
+
+@app.query("rank_neurons")
+def rank_neurons(msg: Message, context: Context) -> Message:
+    """Federated pruning: this client's ranking (RAP) or votes (MVP) of the layer's neurons."""
+    _one_thread()
+    cfg = protocol.read_config(msg.content[protocol.RUN_CONFIG])
+    config = msg.content[protocol.CONFIG]
+    report = neuron_report(cfg, int(config["client-id"]), msg.content[protocol.ARRAYS].to_torch_state_dict(),
+                           protocol.read_mask(config), str(config["layer"]), str(config["method"]),
+                           float(config["rate"]))
+    key = "ranking" if config["method"] == "rap" else "votes"
+    return Message(RecordDict({protocol.METRICS: MetricRecord({key: report})}), reply_to=msg)
+
+
+@app.query("candidate_accuracy")
+def candidate_accuracy(msg: Message, context: Context) -> Message:
+    """Local clean accuracy of candidate pruning levels or AW Deltas."""
+    _one_thread()
+    cfg = protocol.read_config(msg.content[protocol.RUN_CONFIG])
+    config = msg.content[protocol.CONFIG]
+    accs, examples = candidate_report(cfg, int(config["client-id"]),
+                                      msg.content[protocol.ARRAYS].to_torch_state_dict(), protocol.read_mask(config),
+                                      str(config["kind"]), str(config["layer"]), list(config.get("order", [])),
+                                      list(config["candidates"]))
+    metrics = MetricRecord({"accuracies": accs, "num-examples": examples})
     return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)

@@ -17,6 +17,7 @@ from torch import nn
 from fl_backdoor.models import layer_neurons
 
 _HANDLE_ATTR = "_fl_backdoor_mask_handle"
+_MASK_ATTR = "_fl_backdoor_mask"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ def install_mask(model: nn.Module, mask: NeuronMask | None) -> nn.Module:
     if old is not None:
         old.remove()
         setattr(model, _HANDLE_ATTR, None)
+    setattr(model, _MASK_ATTR, mask)
     if mask is None or not mask.pruned:
         return model
     if layer_neurons(model, mask.layer) != mask.size:
@@ -65,3 +67,13 @@ def install_mask(model: nn.Module, mask: NeuronMask | None) -> nn.Module:
     handle = model.get_submodule(model.neuron_outputs[mask.layer]).register_forward_hook(zero_pruned)
     setattr(model, _HANDLE_ATTR, handle)
     return model
+
+
+def current_mask(model: nn.Module) -> NeuronMask | None:
+    """The mask installed on the model, if any."""
+    return getattr(model, _MASK_ATTR, None)
+
+
+def mask_on(mask: NeuronMask | None, layer: str) -> NeuronMask | None:
+    """The mask if it prunes ``layer``, else None (a mask of another layer does not concern it)."""
+    return mask if mask is not None and mask.layer == layer else None

@@ -125,6 +125,7 @@ class ExperimentConfig:
     aw_delta_step: float = _opt(0.25, "Adaptive AW: Delta decrement.")
     aw_delta_min: float = _opt(0.5, "Adaptive AW: smallest Delta tried.")
     aw_max_drop: float = _opt(0.02, "Adaptive AW: keep shrinking Delta while validation accuracy stays within this of its start.")
+    curve_points: int = _opt(64, "Points of the pruning (Fig. 5) and Delta (Fig. 6) curves; 0 = no curves.")
     # --- evaluation and compute ------------------------------------------------------
     eval_every: int = _opt(1, "Evaluate the global model every this many rounds (and after the last).")
     eval_batch_size: int = _opt(1000, "Batch size of evaluation.")
@@ -265,6 +266,7 @@ class ExperimentConfig:
         for key in ("pruning_max_drop", "aw_max_drop"):
             value = getattr(self, key)
             _check(0.0 <= value <= 1.0, key.replace("_", "-"), f"must be in [0, 1], got {value}")
+        _check(self.curve_points >= 0, "curve-points", f"must be >= 0, got {self.curve_points}")
         _check(self.finetune_rounds >= 0, "finetune-rounds", f"must be >= 0, got {self.finetune_rounds}")
         _check(self.finetune_patience >= 1, "finetune-patience", f"must be >= 1, got {self.finetune_patience}")
         _check(self.aw_delta >= 0, "aw-delta", f"must be >= 0, got {self.aw_delta}")

@@ -11,13 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_curves(path: Path, x: Sequence[float], curves: dict[str, Sequence[float]], *, xlabel: str,
+def plot_curves(path: Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str,
                 title: str, ylabel: str = "accuracy (%)", invert_x: bool = False) -> None:
-    """Line plot of several curves (values in [0, 1] are drawn as percentages)."""
+    """Line plot of named (x, y) curves; y in [0, 1] is drawn as a percentage, AA curves dashed."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for name, ys in curves.items():
+    for name, (xs, ys) in curves.items():
         style = "--" if name.lower().startswith("aa") else "-"
-        ax.plot(list(x), [100.0 * v for v in ys], style, marker="o", markersize=3, label=name)
+        ax.plot(list(xs), [100.0 * float(v) for v in ys], style, marker="o", markersize=3, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(-2, 102)

@@ -26,7 +26,7 @@ METRICS = "metrics"
 # message types: train and evaluate are Flower's; the cleansing phases are queries
 DESCRIBE = "query.describe"
 RANK_NEURONS = "query.rank_neurons"
-PRUNING_ACCURACY = "query.pruning_accuracy"
+CANDIDATE_ACCURACY = "query.candidate_accuracy"
 
 _CONFIG_CACHE: dict[str, ExperimentConfig] = {}
 

@@ -49,7 +49,7 @@ def test_run_directory_holds_config_versions_checkpoint_and_plot(trained_run):
     assert ckpt["round"] == ROUNDS
     build_model(cfg).load_state_dict(ckpt["state_dict"])
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["training"]["ta"] == pytest.approx(float(read_csv(run_dir / "metrics.csv")[-1]["ta"]))
+    assert results["phases"]["training"]["ta"] == pytest.approx(float(read_csv(run_dir / "metrics.csv")[-1]["ta"]))
 
 
 def test_run_starts_from_a_checkpoint_and_continues_round_numbers(trained_run, tmp_path):

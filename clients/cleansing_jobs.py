@@ -1,0 +1,46 @@
+"""A client's part in the federated cleansing phases, independent of Flower."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from clients.local_training import client_model
+from defenses.candidates import aw_accuracies, pruning_accuracies
+from defenses.extreme_weights import weight_stats
+from defenses.masks import NeuronMask, mask_on
+from defenses.neuron_ranking import local_ranking, local_votes, mean_activations
+from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.federation_data import client_data
+from fl_backdoor.models import layer_neurons
+from fl_backdoor.training import accuracy, pick_device
+
+
+def neuron_report(cfg: ExperimentConfig, client_id: int, state: dict[str, torch.Tensor], mask: NeuronMask | None,
+                  layer: str, method: str, rate: float) -> list[int]:
+    """RAP: rank position of every neuron (1 = most active); MVP: a 0/1 prune vote per neuron."""
+    model = client_model(cfg, state, mask)
+    x, _ = client_data(cfg, client_id, pick_device(cfg.device))
+    activations = mean_activations(model, layer, x, cfg.eval_batch_size)
+    return local_ranking(activations) if method == "rap" else local_votes(activations, rate)
+
+
+def candidate_report(cfg: ExperimentConfig, client_id: int, state: dict[str, torch.Tensor],
+                     mask: NeuronMask | None, kind: str, layer: str, order: Sequence[int],
+                     candidates: Sequence[float]) -> tuple[list[float], int]:
+    """Local clean accuracy of each candidate: pruning levels (kind 'pruning') or Deltas (kind 'aw')."""
+    model = client_model(cfg, state, mask)
+    x, y = client_data(cfg, client_id, pick_device(cfg.device))
+
+    def measure(m: torch.nn.Module) -> float:
+        return accuracy(m, x, y, cfg.eval_batch_size)
+
+    if kind == "pruning":
+        accs = pruning_accuracies(model, list(order), [int(c) for c in candidates], layer,
+                                  layer_neurons(model, layer), measure)
+    else:
+        weight = model.get_submodule(layer).weight
+        stats = weight_stats(weight, mask_on(mask, layer))
+        accs = aw_accuracies(model, layer, stats, list(candidates), measure)
+    return accs, int(y.shape[0])

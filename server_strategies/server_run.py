@@ -1,0 +1,128 @@
+"""The server's state during a run: the global model, its mask, the strategy and the outputs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from defenses.masks import NeuronMask, install_mask
+from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.evaluation import Evaluator
+from fl_backdoor.plots import plot_curves
+from fl_backdoor.run_dir import RunDirectory, save_checkpoint, write_csv
+from server_strategies.fedavg import BackdoorFedAvg
+
+
+def percent(value: float) -> str:
+    """0.8412 -> '84.12%'."""
+    return f"{100.0 * value:6.2f}%"
+
+
+@dataclass
+class GlobalModel:
+    """The server's copy of the global model, its mask and the round it has reached."""
+
+    model: torch.nn.Module
+    round: int = 0
+    mask: NeuronMask | None = None
+
+    def arrays(self) -> ArrayRecord:
+        """The state dict as a Flower ArrayRecord."""
+        return ArrayRecord(self.model.state_dict())
+
+    def load(self, arrays: ArrayRecord) -> None:
+        """Replace the weights with an aggregated ArrayRecord."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+
+    def set_mask(self, mask: NeuronMask | None) -> None:
+        """Install a pruning mask (None removes it)."""
+        self.mask = mask
+        install_mask(self.model, mask)
+
+
+@dataclass
+class ServerRun:
+    """Everything one server run holds: config, outputs, model, evaluator and the strategy."""
+
+    cfg: ExperimentConfig
+    grid: Grid
+    run_dir: RunDirectory
+    evaluator: Evaluator
+    global_model: GlobalModel
+    strategy: BackdoorFedAvg
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    def evaluate(self) -> dict[str, float]:
+        """TA, AA (and DBA piece AAs) of the current global model."""
+        return self.evaluator(self.global_model.model)
+
+    def checkpoint(self, name: str, **meta: Any) -> None:
+        """Save the global model, its round, mask and config under checkpoints/<name>.pt."""
+        gm = self.global_model
+        save_checkpoint(self.run_dir.checkpoint(name), gm.model.state_dict(), round=gm.round,
+                        mask=gm.mask.to_dict() if gm.mask else None, config=self.cfg.to_flat(), **meta)
+
+    def record_round(self, row: dict[str, Any]) -> None:
+        """Append a per-round metrics row, rewrite metrics.csv and print the progress line."""
+        self.rows.append(row)
+        write_csv(self.run_dir.metrics_csv, self.rows)
+        parts = [f"[{row['phase']}] round {row['round']:>4}"]
+        if "ta" in row:
+            parts.append(f"TA {percent(row['ta'])}  AA {percent(row['aa'])}")
+            parts += [f"AA{k[-1]} {percent(v)}" for k, v in row.items() if k.startswith("aa_piece")]
+        parts.append(f"loss {row.get('train_loss', float('nan')):.3f}")
+        parts.append(f"clients {row['clients']} ({row['attacking']} attacking)")
+        parts.append(f"{row['seconds']:.1f}s")
+        print("  ".join(parts), flush=True)
+
+    def federated_round(self, phase: str, server_round: int, evaluate: bool = True) -> dict[str, Any]:
+        """One FedAvg round of a phase ('train' or 'finetune'): aggregate, evaluate, record, checkpoint."""
+        cfg, gm, strategy = self.cfg, self.global_model, self.strategy
+        strategy.phase, strategy.mask = phase, gm.mask
+        started = time.perf_counter()
+        messages = strategy.configure_train(server_round, gm.arrays(), ConfigRecord(), self.grid)
+        replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
+        arrays, metrics = strategy.aggregate_train(server_round, replies)
+        if arrays is None:
+            print(f"[{phase}] round {server_round}: only {metrics['replies']} valid replies "
+                  f"(min-replies {cfg.min_replies}); round skipped, global model kept", flush=True)
+        else:
+            gm.load(arrays)
+        gm.round = server_round
+        row: dict[str, Any] = {"phase": phase, "round": server_round}
+        if evaluate:
+            row.update(self.evaluate())
+        row["train_loss"] = float(metrics.get("train-loss", float("nan")))
+        row["clients"] = len(strategy.sampled)
+        row["attacking"] = sum(1 for c in strategy.sampled if c in cfg.attackers and
+                               (phase == "finetune" or cfg.attacks_in_round(server_round)))
+        row["replies"] = int(metrics["replies"])
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        self.record_round(row)
+        self.checkpoint("latest", phase=phase)
+        return row
+
+    def training_rounds(self, rounds: range) -> None:
+        """The federated training phase under attack."""
+        last = rounds[-1] if len(rounds) else 0
+        for server_round in rounds:
+            self.federated_round("train", server_round,
+                                 evaluate=server_round % self.cfg.eval_every == 0 or server_round == last)
+
+    def plot_rounds(self) -> None:
+        """metrics.png: TA and AA per round (all phases)."""
+        rows = [r for r in self.rows if r.get("ta") not in (None, "")]
+        if not rows:
+            return
+        rounds = [int(r["round"]) for r in rows]
+        curves = {"TA": (rounds, [r["ta"] for r in rows]), "AA": (rounds, [r["aa"] for r in rows])}
+        for k in sorted(k for k in rows[-1] if k.startswith("aa_piece")):
+            curves[f"AA piece {k[-1]}"] = (rounds, [r[k] for r in rows])
+        plot_curves(self.run_dir.path / "metrics.png", curves, xlabel="round",
+                    title=f"{self.cfg.dataset}: TA and AA per round")
