@@ -374,5 +374,21 @@ def toml_table() -> str:
     return "\n".join(lines)
 
 
+def sync_pyproject(path: str = "pyproject.toml") -> None:
+    """Rewrite the body of [tool.flwr.app.config] in pyproject.toml from the schema."""
+    text = open(path).read()
+    head, marker, rest = text.partition("[tool.flwr.app.config]\n")
+    if not marker:
+        raise SystemExit(f"{path} has no [tool.flwr.app.config] table")
+    tail = rest[rest.index("\n[") + 1:] if "\n[" in rest else ""
+    with open(path, "w") as fh:
+        fh.write(head + marker + toml_table() + "\n" + ("\n" + tail if tail else ""))
+
+
 if __name__ == "__main__":
-    print(toml_table())
+    import sys
+
+    if sys.argv[1:] == ["--sync-pyproject"]:
+        sync_pyproject()
+    else:
+        print(toml_table())
