@@ -1,0 +1,32 @@
+"""Shared command-line plumbing of the experiment scripts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Mapping
+
+from .config import ExperimentConfig, UserError, config_from_args
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """-c/--config key=value (repeatable), the same keys as `flwr run --run-config`."""
+    parser.add_argument("-c", "--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any run-config key (see README: Configuration); repeatable")
+
+
+def config_from_cli(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """The script's base settings, then the user's -c overrides, validated."""
+    return config_from_args(args.config, base)
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Run a script's main; bad input ends it with one 'error:' line and exit code 2."""
+    try:
+        main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
