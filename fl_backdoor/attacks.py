@@ -34,7 +34,7 @@ def is_attacking(cfg: ExperimentConfig, client_id: int, server_round: int, phase
     """
     if client_id not in cfg.attackers:
         return False
-    return phase == "finetune" or cfg.attacks_in_round(server_round)
+    return phase == "finetune" or cfg.attacks_in_round(client_id, server_round)
 
 
 def poison_settings(cfg: ExperimentConfig) -> SGDSettings:

@@ -37,7 +37,7 @@ PRUNING_ACCURACY_SOURCES = ("server", "clients")
 ADAPTIVE_ATTACKS = ("none", "rank-manipulation", "pruning-aware", "pruning-aware-oracle", "aw-aware")
 MALFORMED_REPLIES = (
     "none", "wrong-names", "wrong-shape", "wrong-dtype", "non-finite",
-    "bad-ranking", "bad-votes", "bad-accuracy", "raise", "hang",
+    "bad-ranking", "bad-votes", "bad-accuracy", "raise", "hang", "crash",
 )
 NUM_CLASSES = 10
 
@@ -97,7 +97,8 @@ class ExperimentConfig:
     attack_mode: str = _opt("victim", "victim: VL -> AL (the paper); all-to-one: every label -> AL (DBA).", choices=ATTACK_MODES)
     num_attackers: int = _opt(1, "Attackers are clients 0..n-1 unless attacker-ids is set.")
     attacker_ids: str = _opt("", "Comma-separated attacker client ids (overrides num-attackers).")
-    attack_rounds: str = _opt("all", "Rounds in which attackers poison, e.g. 'all', '11-20', '203,205,207,209'.")
+    attack_rounds: str = _opt("all", "Rounds in which attackers poison, e.g. 'all', '11-20', '25,30'; one spec per "
+                                     "attacker separated by '/' gives each its own rounds (DBA: '203/205/207/209').")
     attackers_always_selected: bool = _opt(True, "With fraction < 1, attackers are sampled in their attack rounds.")
     victim_label: int = _opt(9, "VL: the label whose triggered images should flip (victim mode).")
     attack_label: int = _opt(0, "AL: the label the trigger should produce.")
@@ -105,12 +106,16 @@ class ExperimentConfig:
     trigger_origin: str = _opt("", "row,col of the trigger pattern's top-left pixel; empty = the pattern's own place.")
     dba_pieces: str = _opt("", "DBA piece (0-3) held by each attacker, comma-separated; empty = attacker k holds k mod 4.")
     poison_per_batch: int = _opt(20, "all-to-one: poisoned samples in each batch of 'batch-size'.")
-    gamma: float = _opt(1.0, "Model-replacement scale: the attacker submits G + gamma * (L - G), 1 <= gamma <= N.")
+    gamma: float = _opt(1.0, "Model-replacement scale: the attacker submits G + gamma * (L - G); 1 <= gamma <= n/eta "
+                             "(n clients per round; n/eta = N in the paper's FedAvg, 100 in DBA's).")
     poison_lr: float = _opt(0.01, "Attacker learning rate.")
     poison_epochs: int = _opt(1, "Attacker local epochs.")
     poison_lr_steps: bool = _opt(False, "Attacker lr x0.1 at 20% and 80% of its epochs (DBA reference).")
     adaptive_attack: str = _opt("none", "Adaptive attacker: " + " | ".join(ADAPTIVE_ATTACKS) + ".", choices=ADAPTIVE_ATTACKS)
-    malformed_reply: str = _opt("none", "Attackers send this kind of invalid reply (robustness tests).", choices=MALFORMED_REPLIES)
+    adaptive_delta: float = _opt(3.0, "Delta within which the aw-aware attacker clips its last conv layer.")
+    oracle_checkpoint: str = _opt("", "pruning-aware-oracle: checkpoint whose pruning mask the attacker is given.")
+    malformed_reply: str = _opt("none", "Attackers send this kind of invalid reply: " + " / ".join(MALFORMED_REPLIES)
+                                + "; one kind per attacker separated by '/' gives each its own.")
     # --- defense -------------------------------------------------------------------
     defense: str = _opt("train-only", " | ".join(DEFENSE_MODES) + ".", choices=DEFENSE_MODES)
     pruning_method: str = _opt("rap", "rap: aggregate ranks; mvp: majority votes.", choices=PRUNING_METHODS)
@@ -185,15 +190,31 @@ class ExperimentConfig:
         return parse_int_list(self.model_widths, "model-widths")
 
     @property
+    def clients_per_round(self) -> int:
+        """Number of clients sampled in a round."""
+        return self.num_clients if self.fraction >= 1.0 else max(1, int(round(self.fraction * self.num_clients)))
+
+    @property
     def attackers(self) -> tuple[int, ...]:
         """Ids of the attacking clients."""
         if self.attacker_ids.strip():
             return parse_int_list(self.attacker_ids, "attacker-ids")
         return tuple(range(self.num_attackers))
 
-    def attacks_in_round(self, server_round: int) -> bool:
-        """Whether attackers poison in this (absolute) round."""
-        return round_in_spec(server_round, self.attack_rounds)
+    def attacks_in_round(self, client_id: int, server_round: int) -> bool:
+        """Whether this client is an attacker that poisons in this (absolute) training round."""
+        if client_id not in self.attackers:
+            return False
+        specs = self.attack_rounds.split("/")
+        spec = specs[self.attackers.index(client_id)] if len(specs) > 1 else specs[0]
+        return round_in_spec(server_round, spec)
+
+    def malformed_kind(self, client_id: int) -> str:
+        """The kind of invalid reply this client sends ('none' for benign clients)."""
+        if client_id not in self.attackers:
+            return "none"
+        kinds = self.malformed_reply.split("/")
+        return kinds[self.attackers.index(client_id)] if len(kinds) > 1 else kinds[0]
 
     def dba_piece_of(self, client_id: int) -> int:
         """The DBA trigger piece held by an attacker."""
@@ -237,14 +258,20 @@ class ExperimentConfig:
         _check(len(set(attackers)) == len(attackers), "attacker-ids", f"repeated ids in '{self.attacker_ids}'")
         bad = [a for a in attackers if not 0 <= a < self.num_clients]
         _check(not bad, "attacker-ids", f"ids {bad} out of range 0..{self.num_clients - 1}")
-        parse_round_spec(self.attack_rounds, "attack-rounds")
+        specs = self.attack_rounds.split("/")
+        for spec in specs:
+            parse_round_spec(spec, "attack-rounds")
+        _check(len(specs) in (1, len(attackers)), "attack-rounds",
+               f"{len(specs)} '/'-separated specs for {len(attackers)} attackers")
         for key in ("victim_label", "attack_label"):
             value = getattr(self, key)
             _check(0 <= value < NUM_CLASSES, key.replace("_", "-"), f"label {value} out of range 0..{NUM_CLASSES - 1}")
         if self.attack_mode == "victim" and attackers:
             _check(self.victim_label != self.attack_label, "attack-label", "must differ from victim-label")
-        _check(1.0 <= self.gamma <= max(self.num_clients, 1), "gamma",
-               f"must be in [1, N={self.num_clients}], got {self.gamma}")
+        replace_at = self.clients_per_round / (self.server_lr if self.aggregation == "dba" else 1.0)
+        _check(1.0 <= self.gamma <= max(replace_at, 1.0) + 1e-9, "gamma",
+               f"must be in [1, n/eta={replace_at:g}] (n={self.clients_per_round} clients per round; "
+               f"gamma = n/eta replaces the global model), got {self.gamma}")
         _check(0 <= self.poison_per_batch <= self.batch_size, "poison-per-batch",
                f"must be in 0..batch-size ({self.batch_size}), got {self.poison_per_batch}")
         pieces = parse_int_list(self.dba_pieces, "dba-pieces")
@@ -276,6 +303,14 @@ class ExperimentConfig:
         _check(self.client_cpus > 0, "client-cpus", f"must be > 0, got {self.client_cpus}")
         _check(self.device in ("auto", "cpu", "cuda"), "device", f"'{self.device}' is not one of auto, cpu, cuda")
         _check(not (self.resume and self.init_checkpoint), "resume", "cannot be combined with init-checkpoint")
+        kinds = self.malformed_reply.split("/")
+        _check(all(k in MALFORMED_REPLIES for k in kinds), "malformed-reply",
+               f"'{self.malformed_reply}' holds a kind not in {', '.join(MALFORMED_REPLIES)}")
+        _check(len(kinds) in (1, len(attackers)), "malformed-reply",
+               f"{len(kinds)} '/'-separated kinds for {len(attackers)} attackers")
+        _check(self.adaptive_delta > 0, "adaptive-delta", f"must be > 0, got {self.adaptive_delta}")
+        _check(self.adaptive_attack != "pruning-aware-oracle" or bool(self.oracle_checkpoint), "oracle-checkpoint",
+               "pruning-aware-oracle needs the checkpoint holding the final mask")
         _check(not (self.resume and not self.run_name), "resume", "needs run-name (the run directory to continue)")
 
 
@@ -374,6 +409,17 @@ def toml_table() -> str:
     return "\n".join(lines)
 
 
+def markdown_reference() -> str:
+    """The schema as a markdown table (key, default, meaning) for the README."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(ExperimentConfig):
+        value = f.default
+        text = ("true" if value else "false") if isinstance(value, bool) else json.dumps(value)
+        meaning = f.metadata["help"].replace("|", "/")
+        rows.append(f"| `{f.name.replace('_', '-')}` | `{text}` | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
 def sync_pyproject(path: str = "pyproject.toml") -> None:
     """Rewrite the body of [tool.flwr.app.config] in pyproject.toml from the schema."""
     text = open(path).read()
@@ -390,5 +436,7 @@ if __name__ == "__main__":
 
     if sys.argv[1:] == ["--sync-pyproject"]:
         sync_pyproject()
+    elif sys.argv[1:] == ["--markdown"]:
+        print(markdown_reference(), end="")
     else:
         print(toml_table())

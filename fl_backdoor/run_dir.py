@@ -128,8 +128,8 @@ class RunDirectory:
         base = Path(cfg.output_dir).expanduser().resolve()
         if cfg.resume:
             path = base / cfg.run_name
-            if not (path / "config.json").exists():
-                raise CheckpointError(f"resume: no run to continue in {path}")
+            if not (path / "checkpoints" / "latest.pt").exists():
+                raise CheckpointError(f"resume: {path} has no checkpoint to continue from")
         else:
             name = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.dataset}-{cfg.defense}"
             path = base / name

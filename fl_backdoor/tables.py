@@ -15,7 +15,7 @@ def result_row(cfg: ExperimentConfig, results: dict[str, dict[str, Any]], second
     row: dict[str, Any] = {"vl": cfg.victim_label if cfg.attack_mode == "victim" else "all",
                            "al": cfg.attack_label}
     for key in PHASE_TITLES:
-        if key in results:
+        if "ta" in results.get(key, {}):
             row[f"{key}_ta"] = round(100.0 * results[key]["ta"], 2)
             row[f"{key}_aa"] = round(100.0 * results[key]["aa"], 2)
     if "fp" in results:

@@ -31,8 +31,9 @@ from fl_backdoor import protocol
 from fl_backdoor.federation_data import validation_set
 from fl_backdoor.models import layer_neurons, resolve_layer
 from fl_backdoor.plots import plot_curves
-from fl_backdoor.run_dir import write_csv
+from fl_backdoor.run_dir import load_checkpoint, write_csv
 from fl_backdoor.training import accuracy
+from server_strategies.reply_checks import Checker, accuracies_checker, ranking_checker, votes_checker
 from server_strategies.server_run import ServerRun, percent
 
 MAX_LEVELS = 128  # pruning levels tried at most (an even grid beyond that)
@@ -43,6 +44,10 @@ PHASES = {
     "all": ("prune", "fp-aw-branch", "finetune", "aw"),
     "aw": ("aw",),
 }
+
+
+class CleansingAborted(RuntimeError):
+    """Too few valid client replies to take a cleansing decision."""
 
 
 class Cleansing:
@@ -58,21 +63,24 @@ class Cleansing:
         device = next(model.parameters()).device
         val = validation_set(self.cfg)
         self.val_x, self.val_y = val.x.to(device), val.y.to(device)
-        self.results: dict[str, dict[str, Any]] = {}
+        self.results = run.state.results
 
     # --- clean accuracy: the only input of every decision -------------------------------------
     def validation_accuracy(self, model: Any = None) -> float:
         """Accuracy on the server's held-out clean set."""
         return accuracy(model or self.run.global_model.model, self.val_x, self.val_y, self.cfg.eval_batch_size)
 
-    def query_clients(self, message_type: str, entries: dict[str, Any]) -> list[Any]:
-        """Send a query to every client with the global model; the contents of the valid replies."""
+    def query_clients(self, message_type: str, entries: dict[str, Any], check: Checker, what: str) -> list[Any]:
+        """Send a query with the global model to every client; the parsed payloads of the valid replies."""
         gm, strategy = self.run.global_model, self.run.strategy
-        strategy.mask = gm.mask
+        strategy.mask, strategy.phase = gm.mask, "cleanse"
         messages = strategy.client_messages(list(range(self.cfg.num_clients)), gm.arrays(), ConfigRecord(entries),
                                             gm.round, message_type)
         replies = self.run.grid.send_and_receive(messages, timeout=self.cfg.round_timeout)
-        return [r.content for r in replies if not r.has_error()]
+        valid = [payload for _, payload in strategy.screen(replies, check)]
+        if len(valid) < self.cfg.min_replies:
+            raise CleansingAborted(f"{what}: only {len(valid)} valid client replies (min-replies {self.cfg.min_replies})")
+        return valid
 
     def client_accuracies(self, kind: str, candidates: Sequence[float], order: Sequence[int] = ()) -> list[float]:
         """One federated round: every client's accuracy per candidate, averaged by example count."""
@@ -80,12 +88,11 @@ class Cleansing:
                                    "candidates": [float(c) for c in candidates]}
         if order:
             entries["order"] = [int(i) for i in order]
-        reports = [c[protocol.METRICS] for c in self.query_clients(protocol.CANDIDATE_ACCURACY, entries)]
-        if not reports:
-            raise RuntimeError("no client reported candidate accuracies")
-        weights = np.array([float(r["num-examples"]) for r in reports])
-        accs = np.array([list(r["accuracies"]) for r in reports], dtype=np.float64)
-        return list((weights[:, None] * accs).sum(0) / weights.sum())
+        reports = self.query_clients(protocol.CANDIDATE_ACCURACY, entries, accuracies_checker(len(candidates)),
+                                     "candidate accuracies")
+        weights = np.array([float(n) for _, n in reports])
+        accs = np.array([accs for accs, _ in reports], dtype=np.float64)
+        return list((weights[:, None] * accs).sum(0) / max(weights.sum(), 1.0))
 
     def model_accuracy(self) -> float:
         """Clean accuracy of the current global model: validation set, or a federated evaluate round."""
@@ -96,18 +103,16 @@ class Cleansing:
         messages = strategy.configure_evaluate(gm.round, gm.arrays(), ConfigRecord(), self.run.grid)
         metrics = strategy.aggregate_evaluate(gm.round, self.run.grid.send_and_receive(
             messages, timeout=self.cfg.round_timeout))
-        if metrics is None:
-            raise RuntimeError("no client answered the evaluate round")
+        if metrics is None or int(metrics["replies"]) < self.cfg.min_replies:
+            raise CleansingAborted("evaluate round: too few valid client replies")
         return float(metrics["accuracy"])
 
     # --- phase 1: federated pruning -----------------------------------------------------------
     def neuron_order(self, method: str) -> list[int]:
         """Aggregate the clients' rankings (RAP) or votes (MVP) into a pruning order."""
         entries = {"layer": self.layer, "method": method, "rate": self.cfg.mvp_rate}
-        key = "ranking" if method == "rap" else "votes"
-        reports = [list(c[protocol.METRICS][key]) for c in self.query_clients(protocol.RANK_NEURONS, entries)]
-        if not reports:
-            raise RuntimeError("no client answered the neuron ranking query")
+        check = ranking_checker(self.size) if method == "rap" else votes_checker(self.size, self.cfg.mvp_rate)
+        reports = self.query_clients(protocol.RANK_NEURONS, entries, check, f"{method.upper()} reports")
         already = set(self.run.global_model.mask.pruned) if self.run.global_model.mask else set()
         order = rap_order(reports) if method == "rap" else mvp_order(reports)
         return [i for i in order if i not in already]
@@ -160,17 +165,28 @@ class Cleansing:
 
     # --- phase 2: federated fine-tuning ---------------------------------------------------------
     def finetune(self) -> None:
-        """FedAvg rounds on the pruned model until clean accuracy stops improving; keep the best."""
-        cfg, gm = self.cfg, self.run.global_model
-        rule = Patience(cfg.finetune_patience, cfg.finetune_rounds, baseline=self.model_accuracy())
-        best_state, best_round = copy.deepcopy(gm.model.state_dict()), gm.round
+        """FedAvg rounds on the pruned model until clean accuracy stops improving; keep the best.
+
+        The patience counters and the best model are saved every round, so a resumed run
+        continues fine-tuning where it stopped.
+        """
+        cfg, gm, state = self.cfg, self.run.global_model, self.run.state
+        if state.finetune:
+            rule = Patience(cfg.finetune_patience, cfg.finetune_rounds, baseline=state.finetune["best"])
+            rule.best_round, rule.rounds = state.finetune["best_round"], state.finetune["rounds"]
+        else:
+            rule = Patience(cfg.finetune_patience, cfg.finetune_rounds, baseline=self.model_accuracy())
+            self.run.checkpoint("ft-best", phase="finetune")
         while not rule.stop:
             self.run.federated_round("finetune", gm.round + 1)
             if rule.update(self.model_accuracy()):
-                best_state, best_round = copy.deepcopy(gm.model.state_dict()), gm.round
-        gm.model.load_state_dict(best_state)
-        self.finish("ft", rounds=rule.rounds, best_round=best_round, clean_accuracy=rule.best,
-                    note=f"fine-tuned {rule.rounds} rounds, kept round {best_round}")
+                self.run.checkpoint("ft-best", phase="finetune")
+            state.finetune = {"best": rule.best, "best_round": rule.best_round, "rounds": rule.rounds}
+            state.save(self.run.run_dir)
+        best = load_checkpoint(self.run.run_dir.checkpoint("ft-best"))
+        gm.model.load_state_dict(best["state_dict"])
+        self.finish("ft", rounds=rule.rounds, best_round=int(best["round"]), clean_accuracy=rule.best,
+                    note=f"fine-tuned {rule.rounds} rounds, kept the model of round {best['round']}")
 
     # --- phase 3: adjusting extreme weights -----------------------------------------------------
     def adjust_weights(self, name: str) -> None:
@@ -222,19 +238,31 @@ class Cleansing:
         print(f"[{name}] {note}  TA {percent(measured['ta'])}  AA {percent(measured['aa'])}", flush=True)
 
     def run_mode(self) -> dict[str, dict[str, Any]]:
-        """Run the phases of the configured defense mode; returns the per-phase results."""
+        """Run the phases of the configured defense mode not done yet; returns the per-phase results.
+
+        A phase that cannot get enough valid client replies is skipped with a message;
+        the model stays as the previous phase left it.
+        """
         for step in PHASES[self.cfg.defense]:
+            if step in self.run.state.done:
+                continue
             started = time.perf_counter()
-            if step == "prune":
-                self.prune()
-            elif step == "fp-aw-branch":
-                self.branch(lambda: self.adjust_weights("fp-aw"))
-            elif step == "finetune":
-                self.finetune()
-            else:
-                self.adjust_weights("all" if self.cfg.defense == "all" else self.cfg.defense)
+            try:
+                if step == "prune":
+                    self.prune()
+                elif step == "fp-aw-branch":
+                    self.branch(lambda: self.adjust_weights("fp-aw"))
+                elif step == "finetune":
+                    self.finetune()
+                else:
+                    self.adjust_weights("all" if self.cfg.defense == "all" else self.cfg.defense)
+            except CleansingAborted as exc:
+                print(f"[{step}] skipped: {exc}", flush=True)
+                self.results[f"skipped-{step}"] = {"reason": str(exc)}
             key = "aw" if step in ("aw", "fp-aw-branch") else step
-            self.run.phase_seconds[key] = self.run.phase_seconds.get(key, 0.0) + round(time.perf_counter() - started, 3)
+            seconds = self.run.phase_seconds
+            seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - started, 3)
+            self.run.complete(step)
         return self.results
 
     def branch(self, step: Callable[[], None]) -> None:

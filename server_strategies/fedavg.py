@@ -11,6 +11,7 @@ same clients as an uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -19,7 +20,9 @@ from flwr.serverapp.strategy import FedAvg
 
 from defenses.masks import NeuronMask
 from fl_backdoor import protocol
+from fl_backdoor.attacks import is_attacking
 from fl_backdoor.config import ExperimentConfig
+from server_strategies.reply_checks import Checker, InvalidReply, evaluate_checker, model_checker
 
 
 def average_update(global_arrays: ArrayRecord, locals_: list[ArrayRecord], eta: float) -> ArrayRecord:
@@ -45,6 +48,9 @@ class BackdoorFedAvg(FedAvg):
         self.phase = "train"
         self.mask: NeuronMask | None = None
         self.sampled: list[int] = []
+        self.outgoing: list[tuple[int, Message]] = []
+        self.dropped: list[dict[str, Any]] = []
+        self.round = 0
         self._global: ArrayRecord | None = None
 
     def summary(self) -> None:
@@ -57,10 +63,10 @@ class BackdoorFedAvg(FedAvg):
         if cfg.fraction >= 1.0:
             return everyone
         rng = np.random.default_rng([cfg.seed, server_round, 0 if self.phase == "train" else 1])
-        size = max(1, int(round(cfg.fraction * cfg.num_clients)))
+        size = cfg.clients_per_round
         forced = []
-        if cfg.attackers_always_selected and (self.phase == "finetune" or cfg.attacks_in_round(server_round)):
-            forced = list(cfg.attackers)[:size]
+        if cfg.attackers_always_selected:
+            forced = [a for a in cfg.attackers if is_attacking(cfg, a, server_round, self.phase)][:size]
         others = [c for c in everyone if c not in forced]
         chosen = forced + [int(c) for c in rng.choice(others, size - len(forced), replace=False)]
         return sorted(chosen)
@@ -77,7 +83,50 @@ class BackdoorFedAvg(FedAvg):
                                   protocol.CONFIG: per_client})
             messages.append(Message(content=content, dst_node_id=self.client_nodes[client],
                                     message_type=message_type))
+        self.outgoing = list(zip(clients, messages))
+        self.round = server_round
         return messages
+
+    def screen(self, replies: Iterable[Message], check: Checker) -> list[tuple[int, Any]]:
+        """(client, parsed payload) of every valid reply to the last messages sent.
+
+        Replies that carry an error (the client raised or its worker died), fail
+        their check, or never arrived are dropped, logged with client and node, and
+        counted in ``dropped``; the caller goes on with the valid ones.
+        """
+        sent = {message.metadata.message_id: client for client, message in self.outgoing}
+        answered: set[int] = set()
+        valid = []
+        for reply in replies:
+            client = sent.get(reply.metadata.reply_to_message_id)
+            node = reply.metadata.src_node_id
+            if client is None or client in answered:
+                self._drop("invalid", client, node, "unexpected or repeated reply")
+                continue
+            answered.add(client)
+            if reply.has_error():
+                self._drop("fault", client, node, f"client error: {reply.error.reason}")
+                continue
+            try:
+                valid.append((client, check(reply.content)))
+            except InvalidReply as exc:
+                self._drop("invalid", client, node, str(exc))
+        for client, message in self.outgoing:
+            if client not in answered:
+                self._drop("missing", client, message.metadata.dst_node_id,
+                           f"no reply within {self.cfg.round_timeout:g}s")
+        return sorted(valid, key=lambda item: item[0])  # arrival order must not change the sums
+
+    def _drop(self, kind: str, client: int | None, node: int, reason: str) -> None:
+        self.dropped.append({"phase": self.phase, "round": self.round, "client": client, "node": node,
+                             "kind": kind, "reason": reason})
+        print(f"[{self.phase}] round {self.round}: dropped reply of client {client} (node {node}): {reason}",
+              flush=True)
+
+    def drop_counts(self, server_round: int) -> dict[str, int]:
+        """How many replies of a round were invalid, faulty or missing."""
+        mine = [d for d in self.dropped if d["round"] == server_round and d["phase"] == self.phase]
+        return {kind: sum(1 for d in mine if d["kind"] == kind) for kind in ("invalid", "fault", "missing")}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -94,11 +143,21 @@ class BackdoorFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average the replies into the new global model (None when too few arrived)."""
-        valid = [r for r in replies if not r.has_error()]
-        if len(valid) < self.cfg.min_replies or self._global is None:
+        """Average the valid replies into the new global model (None when too few are valid)."""
+        if self._global is None:
+            return None, MetricRecord({"replies": 0})
+        valid = self.screen(replies, model_checker(self._global))
+        if len(valid) < self.cfg.min_replies:
             return None, MetricRecord({"replies": len(valid)})
-        locals_ = [r.content[protocol.ARRAYS] for r in valid]
-        arrays = average_update(self._global, locals_, self.eta)
-        losses = [float(r.content[protocol.METRICS]["train-loss"]) for r in valid]
-        return arrays, MetricRecord({"replies": len(valid), "train-loss": float(np.mean(losses))})
+        arrays = average_update(self._global, [arrays for _, (arrays, _) in valid], self.eta)
+        loss = float(np.mean([loss for _, (_, loss) in valid]))
+        return arrays, MetricRecord({"replies": len(valid), "train-loss": loss})
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Example-weighted mean of the valid clients' local accuracies."""
+        valid = self.screen(replies, evaluate_checker())
+        if not valid:
+            return None
+        total = sum(n for _, (_, n) in valid)
+        return MetricRecord({"accuracy": sum(acc * n for _, (acc, n) in valid) / max(total, 1),
+                             "replies": len(valid)})

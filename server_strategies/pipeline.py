@@ -6,6 +6,7 @@ and a Ray cluster alike.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from fl_backdoor.training import pick_device
 from server_strategies.cleansing import Cleansing
 from server_strategies.fedavg import BackdoorFedAvg
 from server_strategies.nodes import map_clients_to_nodes
-from server_strategies.server_run import GlobalModel, ServerRun, percent
+from server_strategies.server_run import GlobalModel, RunState, ServerRun
 
 
 def initial_model(cfg: ExperimentConfig) -> GlobalModel:
@@ -47,43 +48,75 @@ def initial_model(cfg: ExperimentConfig) -> GlobalModel:
     return gm
 
 
+def resumed_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """With resume, the run's saved config (so the continuation equals the original), else cfg."""
+    if not cfg.resume:
+        return cfg
+    saved = Path(cfg.output_dir).expanduser().resolve() / cfg.run_name / "config.json"
+    if not saved.exists():
+        raise CheckpointError(f"resume: no run to continue in {saved.parent}")
+    flat = json.loads(saved.read_text())
+    flat.update({"resume": True, "output-dir": cfg.output_dir, "run-name": cfg.run_name})
+    return ExperimentConfig.from_flat(flat)
+
+
 def prepare_run(grid: Grid, cfg: ExperimentConfig) -> ServerRun:
-    """Resolve paths, check data and checkpoint before anything trains, and set up the run."""
+    """Resolve paths, check data and checkpoint before anything trains, and set up (or reopen) the run."""
+    cfg = resumed_config(cfg)
     cfg = cfg.replace(data_dir=str(resolve_data_dir(cfg.data_dir)))
     device = pick_device(cfg.device)
     evaluator = Evaluator(cfg, test_set(cfg), device)  # loads and checks the data now
     client_partitions(cfg)
     gm = initial_model(cfg)
-    gm.model.to(device)
     run_dir = RunDirectory.create(cfg)
+    state = RunState.load(run_dir) if cfg.resume else RunState(gm.round, gm.round + cfg.num_rounds)
+    if cfg.resume:
+        restore(gm, run_dir.checkpoint("latest"))
+        print(f"resuming {run_dir.path} after round {gm.round} (steps done: {', '.join(state.done) or 'none'})",
+              flush=True)
+    gm.model.to(device)
     print(f"run directory: {run_dir.path}", flush=True)
     client_nodes = map_clients_to_nodes(grid, cfg.num_clients)
-    run = ServerRun(cfg, grid, run_dir, evaluator, gm, BackdoorFedAvg(cfg, client_nodes))
-    run.rows = [dict(r) for r in read_csv(run_dir.metrics_csv)] if cfg.resume else []
+    run = ServerRun(cfg, grid, run_dir, evaluator, gm, BackdoorFedAvg(cfg, client_nodes), state)
+    if cfg.resume:
+        run.rows = read_csv(run_dir.metrics_csv)
+        run.strategy.dropped = read_csv(run_dir.path / "dropped_replies.csv")
     return run
 
 
+def restore(gm: GlobalModel, path: Path) -> None:
+    """Load a run's own checkpoint (weights, round, mask) into the global model."""
+    data = load_checkpoint(path)
+    gm.model.load_state_dict(data["state_dict"])
+    gm.round = int(data["round"])
+    gm.set_mask(NeuronMask.from_dict(data["mask"]) if data.get("mask") else None)
+
+
 def run_pipeline(grid: Grid, cfg: ExperimentConfig) -> Path:
-    """Train under attack for num-rounds rounds, then run the defense; returns the run directory."""
+    """Train under attack for num-rounds rounds, then run the defense; returns the run directory.
+
+    Every round and step is checkpointed; with resume the run continues after the
+    last one completed.
+    """
     run = prepare_run(grid, cfg)
-    gm = run.global_model
-    start = gm.round
-    print(f"training rounds {start + 1}..{start + cfg.num_rounds} on {cfg.num_clients} clients "
-          f"(attackers {list(cfg.attackers)}, attack rounds '{cfg.attack_rounds}')", flush=True)
-    if start == 0 or cfg.init_checkpoint:
-        row = {"phase": "init", "round": start, **run.evaluate(), "clients": 0, "attacking": 0,
-               "replies": 0, "seconds": 0.0}
-        run.record_round(row)
-    started = time.perf_counter()
-    run.training_rounds(range(start + 1, start + cfg.num_rounds + 1))
-    run.phase_seconds["train"] = round(time.perf_counter() - started, 3)
-    run.checkpoint("trained", phase="train")
-    run.plot_rounds()
-    results = {"training": run.evaluate()}
-    if cfg.defense != "train-only":
-        results.update(Cleansing(run).run_mode())
+    cfg, state = run.cfg, run.state
+    if "train" not in state.done:
+        print(f"training rounds {run.global_model.round + 1}..{state.end_round} on {cfg.num_clients} clients "
+              f"(attackers {list(cfg.attackers)}, attack rounds '{cfg.attack_rounds}')", flush=True)
+        if not cfg.resume:
+            run.record_round({"phase": "init", "round": state.start_round, **run.evaluate(), "clients": 0,
+                              "attacking": 0, "replies": 0, "seconds": 0.0})
+        started = time.perf_counter()
+        run.training_rounds(range(run.global_model.round + 1, state.end_round + 1))
+        state.phase_seconds["train"] = state.phase_seconds.get("train", 0.0) + round(time.perf_counter() - started, 3)
+        state.results["training"] = run.evaluate()
+        run.checkpoint("trained", phase="train")
+        run.complete("train")
         run.plot_rounds()
-    finish_run(run, results)
+    if cfg.defense != "train-only":
+        Cleansing(run).run_mode()
+        run.plot_rounds()
+    finish_run(run, state.results)
     return run.run_dir.path
 
 
@@ -91,8 +124,13 @@ def finish_run(run: ServerRun, results: dict[str, dict[str, Any]]) -> None:
     """Write results.json, the paper-layout results.csv/results.md, and print the table."""
     cfg = run.cfg
     row = result_row(cfg, results, run.phase_seconds)
+    dropped = run.strategy.dropped
+    counts = {kind: sum(1 for d in dropped if d["kind"] == kind) for kind in ("invalid", "fault", "missing")}
     write_json(run.run_dir.path / "results.json", {"phases": results, "phase_seconds": run.phase_seconds,
-                                                   "final_round": run.global_model.round, "row": row})
+                                                   "final_round": run.global_model.round, "row": row,
+                                                   "dropped_replies": counts})
+    if dropped:
+        write_csv(run.run_dir.path / "dropped_replies.csv", dropped)  # drops of the cleansing queries
     write_csv(run.run_dir.path / "results.csv", [row])
     table = markdown_table([row])
     atomic_write_text(run.run_dir.path / "results.md", table)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -11,10 +12,11 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from defenses.masks import NeuronMask, install_mask
+from fl_backdoor.attacks import is_attacking
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.evaluation import Evaluator
 from fl_backdoor.plots import plot_curves
-from fl_backdoor.run_dir import RunDirectory, save_checkpoint, write_csv
+from fl_backdoor.run_dir import RunDirectory, save_checkpoint, write_csv, write_json
 from server_strategies.fedavg import BackdoorFedAvg
 
 
@@ -46,8 +48,34 @@ class GlobalModel:
 
 
 @dataclass
+class RunState:
+    """Progress of a run, saved after every round and step so that ``resume`` continues it.
+
+    ``checkpoints/latest.pt`` always holds the model after the last completed round or
+    step; this state says which steps are done and what they found.
+    """
+
+    start_round: int = 0
+    end_round: int = 0
+    done: list[str] = field(default_factory=list)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)  # patience progress of an unfinished fine-tuning
+
+    def save(self, run_dir: RunDirectory) -> None:
+        """Write state.json atomically."""
+        write_json(run_dir.path / "state.json", asdict(self))
+
+    @classmethod
+    def load(cls, run_dir: RunDirectory) -> "RunState":
+        """Read state.json (a fresh state when absent)."""
+        path = run_dir.path / "state.json"
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+
+@dataclass
 class ServerRun:
-    """Everything one server run holds: config, outputs, model, evaluator and the strategy."""
+    """Everything one server run holds: config, outputs, model, evaluator, strategy and progress."""
 
     cfg: ExperimentConfig
     grid: Grid
@@ -55,8 +83,19 @@ class ServerRun:
     evaluator: Evaluator
     global_model: GlobalModel
     strategy: BackdoorFedAvg
+    state: RunState
     rows: list[dict[str, Any]] = field(default_factory=list)
-    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds spent per phase (train, prune, finetune, aw)."""
+        return self.state.phase_seconds
+
+    def complete(self, step: str) -> None:
+        """Mark a step done: save the model as latest and the state."""
+        self.state.done.append(step)
+        self.checkpoint("latest", phase=step)
+        self.state.save(self.run_dir)
 
     def evaluate(self) -> dict[str, float]:
         """TA, AA (and DBA piece AAs) of the current global model."""
@@ -72,6 +111,8 @@ class ServerRun:
         """Append a per-round metrics row, rewrite metrics.csv and print the progress line."""
         self.rows.append(row)
         write_csv(self.run_dir.metrics_csv, self.rows)
+        if self.strategy.dropped:
+            write_csv(self.run_dir.path / "dropped_replies.csv", self.strategy.dropped)
         parts = [f"[{row['phase']}] round {row['round']:>4}"]
         if "ta" in row:
             parts.append(f"TA {percent(row['ta'])}  AA {percent(row['aa'])}")
@@ -100,12 +141,13 @@ class ServerRun:
             row.update(self.evaluate())
         row["train_loss"] = float(metrics.get("train-loss", float("nan")))
         row["clients"] = len(strategy.sampled)
-        row["attacking"] = sum(1 for c in strategy.sampled if c in cfg.attackers and
-                               (phase == "finetune" or cfg.attacks_in_round(server_round)))
+        row["attacking"] = sum(1 for c in strategy.sampled if is_attacking(cfg, c, server_round, phase))
         row["replies"] = int(metrics["replies"])
+        row.update(strategy.drop_counts(server_round))
         row["seconds"] = round(time.perf_counter() - started, 3)
         self.record_round(row)
         self.checkpoint("latest", phase=phase)
+        self.state.save(self.run_dir)
         return row
 
     def training_rounds(self, rounds: range) -> None:

@@ -35,6 +35,9 @@ def test_schedule_and_pieces():
     assert not is_attacking(cfg, 1, 3, "train")
     assert is_attacking(cfg, 5, 6, "finetune"), "attackers keep attacking during fine-tuning"
     assert [cfg.dba_piece_of(a) for a in (2, 5, 7, 8)] == [0, 1, 2, 3]
+    single_shot = cfg.replace(attack_rounds="3/5/7-8/9")
+    assert [[r for r in range(1, 11) if is_attacking(single_shot, a, r, "train")] for a in (2, 5, 7, 8)] == \
+        [[3], [5], [7, 8], [9]]
     assert set(attacker_trigger(cfg, 7).pixels) == {(3, c) for c in range(0, 4)}
 
 

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ({"gamma": 0.5}, "gamma"),
     ({"labels-per-client": 11}, "labels-per-client"),
     ({"attack-rounds": "5-2"}, "attack-rounds"),
+    ({"num-attackers": 2, "attack-rounds": "1/2/3"}, "attack-rounds"),
     ({"fraction": 0}, "fraction"),
     ({"num-rounds": "ten"}, "num-rounds"),
     ({"equal-size": "maybe"}, "equal-size"),
