@@ -431,11 +431,21 @@ def sync_pyproject(path: str = "pyproject.toml") -> None:
         fh.write(head + marker + toml_table() + "\n" + ("\n" + tail if tail else ""))
 
 
+def sync_readme(path: str = "README.md") -> None:
+    """Replace the configuration table of the README with markdown_reference()."""
+    text = open(path).read()
+    start = text.index("| key | default | meaning |")
+    end = text.index("\n\n", start) + 1
+    with open(path, "w") as fh:
+        fh.write(text[:start] + markdown_reference() + text[end:])
+
+
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["--sync-pyproject"]:
+    if sys.argv[1:] == ["--sync-docs"]:
         sync_pyproject()
+        sync_readme()
     elif sys.argv[1:] == ["--markdown"]:
         print(markdown_reference(), end="")
     else:

@@ -64,11 +64,12 @@ class Cleansing:
         val = validation_set(self.cfg)
         self.val_x, self.val_y = val.x.to(device), val.y.to(device)
         self.results = run.state.results
+        self.report_seconds = 0.0  # time spent on report-only curves, kept out of the phase times
 
     # --- clean accuracy: the only input of every decision -------------------------------------
-    def validation_accuracy(self, model: Any = None) -> float:
-        """Accuracy on the server's held-out clean set."""
-        return accuracy(model or self.run.global_model.model, self.val_x, self.val_y, self.cfg.eval_batch_size)
+    def validation_accuracy(self) -> float:
+        """Accuracy of the global model on the server's held-out clean set."""
+        return accuracy(self.run.global_model.model, self.val_x, self.val_y, self.cfg.eval_batch_size)
 
     def query_clients(self, message_type: str, entries: dict[str, Any], check: Checker, what: str) -> list[Any]:
         """Send a query with the global model to every client; the parsed payloads of the valid replies."""
@@ -117,12 +118,16 @@ class Cleansing:
         order = rap_order(reports) if method == "rap" else mvp_order(reports)
         return [i for i in order if i not in already]
 
+    def levels(self, method: str, order: list[int], max_levels: int) -> list[int]:
+        """Pruning levels to try: up to every MVP candidate, up to all but one neuron for RAP."""
+        limit = len(order) if method == "mvp" else min(len(order), self.size - 1)
+        return pruning_levels(limit, max_levels)
+
     def prune(self) -> None:
         """Rank or vote, then prune in aggregate order while clean accuracy stays above the threshold."""
         cfg, gm = self.cfg, self.run.global_model
         order = self.neuron_order(cfg.pruning_method)
-        limit = len(order) if cfg.pruning_method == "mvp" else min(len(order), self.size - 1)
-        levels = pruning_levels(limit, MAX_LEVELS)
+        levels = self.levels(cfg.pruning_method, order, MAX_LEVELS)
         if cfg.pruning_accuracy == "server":
             def accuracy_of(count: int) -> float:
                 with pruned(gm.model, order, count, self.layer, self.size):
@@ -133,9 +138,10 @@ class Cleansing:
         base = accuracy_of(0)
         threshold = base - cfg.pruning_max_drop
         chosen, seen = last_passing(levels, accuracy_of, threshold)
+        chosen = chosen or 0
         self.pruning_curves(order)
-        gm.set_mask(mask_for(order, chosen or 0, self.layer, self.size, gm.mask))
-        self.finish("fp", pruned=chosen or 0, candidates=len(order), clean_accuracy=seen[-1][1] if seen else base,
+        gm.set_mask(mask_for(order, chosen, self.layer, self.size, gm.mask))
+        self.finish("fp", pruned=chosen, candidates=len(order), clean_accuracy=dict(seen).get(chosen, base),
                     clean_base=base, clean_threshold=threshold,
                     note=f"{cfg.pruning_method.upper()} pruned {chosen} of {self.size} neurons of {self.layer}")
 
@@ -143,13 +149,13 @@ class Cleansing:
         """Fig. 5 data: TA and AA against the number of pruned neurons, for RAP and for MVP (report only)."""
         if self.cfg.curve_points <= 0:
             return
+        started = time.perf_counter()
         gm, rows = self.run.global_model, []
         orders = {self.cfg.pruning_method: order}
         for method in ("rap", "mvp"):
             orders.setdefault(method, self.neuron_order(method))
         for method, method_order in orders.items():
-            limit = len(method_order) if method == "mvp" else min(len(method_order), self.size - 1)
-            for count in pruning_levels(limit, self.cfg.curve_points):
+            for count in self.levels(method, method_order, self.cfg.curve_points):
                 with pruned(gm.model, method_order, count, self.layer, self.size):
                     rows.append({"method": method, "pruned": count, "validation": self.validation_accuracy(),
                                  **self.run.evaluate()})
@@ -162,6 +168,7 @@ class Cleansing:
             curves[f"AA {method.upper()}"] = (counts, [r["aa"] for r in mine])
         plot_curves(self.run.run_dir.path / "pruning_curve.png", curves, xlabel="pruned neurons",
                     title=f"Federated pruning of {self.layer}")
+        self.report_seconds += time.perf_counter() - started
 
     # --- phase 2: federated fine-tuning ---------------------------------------------------------
     def finetune(self) -> None:
@@ -217,6 +224,7 @@ class Cleansing:
         """Fig. 6 data: TA and AA against Delta (report only); the first row is the model without AW."""
         if self.cfg.curve_points <= 0:
             return
+        started = time.perf_counter()
         gm = self.run.global_model
         rows = [{"delta": "none", "zeroed": 0, "validation": self.validation_accuracy(), **self.run.evaluate()}]
         for delta in deltas:
@@ -228,6 +236,7 @@ class Cleansing:
         plot_curves(self.run.run_dir.path / f"aw_curve_{name}.png",
                     {"TA": (xs, [r["ta"] for r in rows[1:]]), "AA": (xs, [r["aa"] for r in rows[1:]])},
                     xlabel="Delta", title=f"Adjusting extreme weights ({name})", invert_x=True)
+        self.report_seconds += time.perf_counter() - started
 
     # --- bookkeeping ------------------------------------------------------------------------
     def finish(self, name: str, note: str, **facts: Any) -> None:
@@ -246,7 +255,7 @@ class Cleansing:
         for step in PHASES[self.cfg.defense]:
             if step in self.run.state.done:
                 continue
-            started = time.perf_counter()
+            started, self.report_seconds = time.perf_counter(), 0.0
             try:
                 if step == "prune":
                     self.prune()
@@ -259,9 +268,10 @@ class Cleansing:
             except CleansingAborted as exc:
                 print(f"[{step}] skipped: {exc}", flush=True)
                 self.results[f"skipped-{step}"] = {"reason": str(exc)}
-            key = "aw" if step in ("aw", "fp-aw-branch") else step
             seconds = self.run.phase_seconds
-            seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - started, 3)
+            key = {"fp-aw-branch": "fp-aw"}.get(step, step)
+            seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - started - self.report_seconds, 3)
+            seconds["curves"] = round(seconds.get("curves", 0.0) + self.report_seconds, 3)
             self.run.complete(step)
         return self.results
 

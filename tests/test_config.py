@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_backdoor.config import ConfigError, ExperimentConfig, config_from_args, round_in_spec
+from fl_backdoor.config import ConfigError, ExperimentConfig, config_from_args, markdown_reference, round_in_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,3 +53,7 @@ def test_pyproject_run_config_is_the_schema():
     table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert table == ExperimentConfig().to_flat()
     ExperimentConfig.from_flat(table)  # the defaults are valid
+
+
+def test_readme_documents_every_key():
+    assert markdown_reference() in (ROOT / "README.md").read_text()
