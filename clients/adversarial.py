@@ -111,11 +111,11 @@ def corrupt_state(kind: str, state: dict[str, torch.Tensor]) -> dict[str, torch.
     return broken
 
 
-def corrupt_report(kind: str, values: list[int], rate: float) -> list[int]:
-    """A ranking with a repeated rank, or votes with the wrong number of ones."""
-    if kind == "bad-ranking":
-        return [1] + values[1:] if values[0] != 1 else [2] + values[1:]
-    if kind == "bad-votes":
-        ones = votes_to_prune(rate, len(values))
-        return [1] * min(len(values), ones + 1) + [0] * (len(values) - min(len(values), ones + 1))
+def corrupt_report(kind: str, method: str, values: list[int], rate: float) -> list[int]:
+    """bad-ranking: a RAP ranking with a repeated rank; bad-votes: MVP votes with one vote too many."""
+    if kind == "bad-ranking" and method == "rap":
+        return [2 if values[0] == 1 else 1] + values[1:]
+    if kind == "bad-votes" and method == "mvp":
+        ones = min(len(values), votes_to_prune(rate, len(values)) + 1)
+        return [1] * ones + [0] * (len(values) - ones)
     return values

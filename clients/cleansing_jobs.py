@@ -28,7 +28,7 @@ def neuron_report(cfg: ExperimentConfig, client_id: int, state: dict[str, torch.
     else:
         activations = mean_activations(model, layer, x, cfg.eval_batch_size)
     report = local_ranking(activations) if method == "rap" else local_votes(activations, rate)
-    return corrupt_report(cfg.malformed_kind(client_id), report, rate)
+    return corrupt_report(cfg.malformed_kind(client_id), method, report, rate)
 
 
 def candidate_report(cfg: ExperimentConfig, client_id: int, state: dict[str, torch.Tensor],

@@ -105,7 +105,8 @@ class BackdoorFedAvg(FedAvg):
                 continue
             answered.add(client)
             if reply.has_error():
-                self._drop("fault", client, node, f"client error: {reply.error.reason}")
+                lines = [line for line in reply.error.reason.splitlines() if line.strip()] or ["(no reason)"]
+                self._drop("fault", client, node, f"client error: {lines[-1].strip()[:300]}")
                 continue
             try:
                 valid.append((client, check(reply.content)))

@@ -56,7 +56,8 @@ def resumed_config(cfg: ExperimentConfig) -> ExperimentConfig:
     if not saved.exists():
         raise CheckpointError(f"resume: no run to continue in {saved.parent}")
     flat = json.loads(saved.read_text())
-    flat.update({"resume": True, "output-dir": cfg.output_dir, "run-name": cfg.run_name})
+    # the run continues from its own latest checkpoint, not from the one it started with
+    flat.update({"resume": True, "output-dir": cfg.output_dir, "run-name": cfg.run_name, "init-checkpoint": ""})
     return ExperimentConfig.from_flat(flat)
 
 
@@ -101,8 +102,9 @@ def run_pipeline(grid: Grid, cfg: ExperimentConfig) -> Path:
     run = prepare_run(grid, cfg)
     cfg, state = run.cfg, run.state
     if "train" not in state.done:
-        print(f"training rounds {run.global_model.round + 1}..{state.end_round} on {cfg.num_clients} clients "
-              f"(attackers {list(cfg.attackers)}, attack rounds '{cfg.attack_rounds}')", flush=True)
+        if state.end_round > run.global_model.round:
+            print(f"training rounds {run.global_model.round + 1}..{state.end_round} on {cfg.num_clients} clients "
+                  f"(attackers {list(cfg.attackers)}, attack rounds '{cfg.attack_rounds}')", flush=True)
         if not cfg.resume:
             run.record_round({"phase": "init", "round": state.start_round, **run.evaluate(), "clients": 0,
                               "attacking": 0, "replies": 0, "seconds": 0.0})

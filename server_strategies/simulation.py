@@ -21,7 +21,10 @@ def backend_config(cfg: ExperimentConfig) -> dict:
     address = os.environ.get("RAY_ADDRESS", "")
     if address:
         init_args["address"] = address  # resources come from the cluster, not from this machine
-    return {"client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": cfg.client_gpus},
+    # Flower's actor pool never replaces a dead actor: Ray restarts it and retries the jobs
+    # queued on it once, so a client that kills its worker loses only its own reply
+    return {"client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": cfg.client_gpus,
+                                 "max_restarts": -1, "max_task_retries": 1},
             "init_args": init_args}
 
 
