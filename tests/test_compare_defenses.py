@@ -1,0 +1,92 @@
+"""End to end: the comparison script on a small backdoored Fashion-MNIST model from real data."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from defenses.hasnet import collected_data
+from experiments.compare_defenses import main
+from fl_backdoor.config import ExperimentConfig, UserError
+from fl_backdoor.models import build_model
+from fl_backdoor.run_dir import read_csv, save_checkpoint, write_json
+from fl_backdoor.training import SGDSettings, train
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = {"dataset": "fashion-mnist", "data-fraction": 0.03, "num-clients": 3, "labels-per-client": 10,
+         "test-subset": 500, "model-widths": "4,8,8", "lr": 0.05, "batch-size": 32}
+FAST = ["--anp-iterations", "30", "--anp-batch-size", "32", "--nc-steps", "20", "--nc-batch-size", "32",
+        "--ft-epochs", "1", "--hasnet-iterations", "2", "--hasnet-healing-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory):
+    """A run directory as the federated training leaves it: config, trained checkpoint, results."""
+    path = tmp_path_factory.mktemp("run")
+    cfg = ExperimentConfig.from_flat({**SMALL, "data-dir": data_dir, "output-dir": str(path.parent)})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    data = collected_data(cfg, torch.device("cpu"))
+    train(model, data.x, data.targets, SGDSettings(lr=0.05, epochs=2, batch_size=32), torch.Generator().manual_seed(0))
+    write_json(path / "config.json", cfg.to_flat())
+    save_checkpoint(path / "checkpoints" / "trained.pt", model.state_dict(), round=3, mask=None, config=cfg.to_flat())
+    write_json(path / "results.json", {"phases": {"training": {"ta": 0.8, "aa": 0.9},
+                                                  "fp": {"ta": 0.7, "aa": 0.5, "pruned": 3},
+                                                  "all": {"ta": 0.75, "aa": 0.1, "zeroed": 4, "delta": 2.0}},
+                                       "phase_seconds": {"train": 12.0, "prune": 1.5, "finetune": 2.5, "aw": 1.0}})
+    return path
+
+
+def test_one_table_with_every_defense_and_the_federated_rows(run_dir, tmp_path):
+    out = tmp_path / "cmp"
+    rows = main(["--checkpoint", str(run_dir / "checkpoints" / "trained.pt"), "--out", str(out), "--anp-curve",
+                 "-c", "test-subset=300", *FAST])
+    names = [r["defense"] for r in rows]
+    assert names[:3] == ["Training (backdoored)", "Federated FP", "Federated All"]
+    assert names[3:5] == ["ANP (threshold 0.2)", "ANP (clean drop <= 4 pts)"]
+    assert names[5:8] == ["Centralized training, no defense (2 epochs)", "HaS-Net (centralized training)",
+                          "Fine-Pruning"]
+    assert names[8].startswith("Neural Cleanse") and names[9] == "Fine-tuning"
+    fed_all = rows[2]
+    assert (fed_all["ta"], fed_all["aa"], fed_all["pruned"], fed_all["seconds"]) == (75.0, 10.0, 3, 5.0)
+    assert rows[0]["seconds"] == 12.0
+    for r in rows:
+        assert 0.0 <= r["ta"] <= 100.0 and 0.0 <= r["aa"] <= 100.0
+    assert all(isinstance(rows[i]["pruned"], int) for i in (3, 4, 7))
+
+    table = (out / "table.md").read_text()
+    assert table.startswith("| Defense | TA | AA | Neurons pruned | Seconds |") and "| Fine-tuning |" in table
+    assert [r["defense"] for r in read_csv(out / "table.csv")] == names
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["rows"] == rows
+    details = saved["details"]
+    assert details["clean_samples"] == 600, "1% of the 60000 training images"
+    assert sum(details["anp"]["neurons"].values()) == 4 + 8 + 8 + 128
+    assert set(details["anp"]["rules"]) == {"threshold 0.2", "clean drop <= 4 pts"}
+    assert details["anp"]["rules"]["clean drop <= 4 pts"]["clean_accuracy"] >= details["clean_accuracy"] - 0.04
+    assert len(details["neural-cleanse"]["mask_norms"]) == 10
+    assert details["hasnet"]["poisoned"] > 0 and len(details["hasnet"]["iterations"]) == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["test-subset"] == 300, "-c overrides apply on top of the run's config"
+    assert config["comparison"]["anp_eps"] == 0.4 and config["comparison"]["anp_iterations"] == 30
+    assert "torch" in json.loads((out / "versions.json").read_text())
+    curve = read_csv(out / "anp_curve.csv")
+    assert [float(r["threshold"]) for r in curve][:3] == [0.0, 0.05, 0.1]
+    assert [int(r["pruned"]) for r in curve] == sorted(int(r["pruned"]) for r in curve)
+
+
+def test_bad_input_is_one_error_line(run_dir, tmp_path):
+    with pytest.raises(UserError, match="--defenses"):
+        main(["--checkpoint", str(run_dir / "checkpoints" / "trained.pt"), "--defenses", "anp,magic"])
+    with pytest.raises(UserError, match="--anp-rules"):
+        main(["--checkpoint", str(run_dir / "checkpoints" / "trained.pt"), "--anp-rules", "threshold,vibes"])
+    with pytest.raises(UserError, match="--anp-eps"):
+        main(["--checkpoint", str(run_dir / "checkpoints" / "trained.pt"), "--anp-eps", "0"])
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "compare_defenses.py"), "--checkpoint",
+                           str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path / 'missing.pt'}"]
