@@ -15,7 +15,7 @@ from fl_backdoor.attacks import is_attacking, poison_settings, poisoned_training
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.models import build_model, resolve_layer
-from fl_backdoor.training import SGDSettings, TrainStats, l2_on_layer, pick_device, predict, train
+from fl_backdoor.training import SGDSettings, TrainStats, l2_on_layer, pick_device, predict, to_device, train
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,9 @@ class LocalResult:
     attacked: bool
 
 
-def benign_settings(cfg: ExperimentConfig) -> SGDSettings:
-    """The optimiser of an honest client."""
-    return SGDSettings(lr=cfg.lr, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+def benign_settings(cfg: ExperimentConfig, server_round: int = 1) -> SGDSettings:
+    """The optimiser of an honest client in a round."""
+    return SGDSettings(lr=cfg.lr * cfg.lr_decay ** (server_round - 1), epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                        momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
@@ -59,11 +59,11 @@ def run_local_job(cfg: ExperimentConfig, client_id: int, global_state: dict[str,
     if attacking:
         after_step = adapt_to_defense(cfg, model, x, mask)
         xp, yp, transform = poisoned_training_data(cfg, client_id, x, y)
-        stats = train(model, xp, yp, poison_settings(cfg), generator, batch_transform=transform, extra_loss=extra,
+        stats = train(model, xp, yp, poison_settings(cfg, server_round), generator, batch_transform=transform, extra_loss=extra,
                       after_step=after_step)
     else:
-        stats = train(model, x, y, benign_settings(cfg), generator, extra_loss=extra)
-    local = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        stats = train(model, x, y, benign_settings(cfg, server_round), generator, extra_loss=extra)
+    local = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if attacking and cfg.gamma != 1.0:
         local = scale_update(global_state, local, cfg.gamma)
     if attacking and cfg.adaptive_attack == "aw-aware":
@@ -88,7 +88,7 @@ def adapt_to_defense(cfg: ExperimentConfig, model: torch.nn.Module, x: torch.Ten
 
 def client_model(cfg: ExperimentConfig, state: dict[str, torch.Tensor], mask: NeuronMask | None) -> torch.nn.Module:
     """The received global model on this process's device, with its pruning mask."""
-    model = build_model(cfg).to(pick_device(cfg.device))
+    model = to_device(build_model(cfg), pick_device(cfg.device))
     model.load_state_dict(state)
     return install_mask(model, mask)
 

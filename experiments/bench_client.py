@@ -20,13 +20,14 @@ from clients.local_training import benign_settings, run_local_job
 from fl_backdoor.cli import add_config_arguments, config_from_cli, run_cli
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.models import build_model
+from fl_backdoor.training import to_device
 
 
 def bare_epochs(cfg, x: torch.Tensor, y: torch.Tensor, state: dict) -> float:
     """Seconds of a hand-written SGD loop over index slices of (x, y)."""
     settings = benign_settings(cfg)
     started = time.perf_counter()
-    model = build_model(cfg)
+    model = to_device(build_model(cfg), x.device)  # the client's layout (channels-last)
     model.load_state_dict(state)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,

@@ -37,12 +37,12 @@ def is_attacking(cfg: ExperimentConfig, client_id: int, server_round: int, phase
     return phase == "finetune" or cfg.attacks_in_round(client_id, server_round)
 
 
-def poison_settings(cfg: ExperimentConfig) -> SGDSettings:
-    """The attacker's own optimiser: lr, epochs and the DBA step schedule (x0.1 at 20% and 80%)."""
+def poison_settings(cfg: ExperimentConfig, server_round: int = 1) -> SGDSettings:
+    """The attacker's own optimiser in a round: lr, epochs and the DBA step schedule (x0.1 at 20% and 80%)."""
     epochs = cfg.poison_epochs
     milestones = (tuple(sorted({max(1, int(0.2 * epochs)), max(1, int(0.8 * epochs))}))
                   if cfg.poison_lr_steps else ())
-    return SGDSettings(lr=cfg.poison_lr, epochs=epochs, batch_size=cfg.batch_size, momentum=cfg.momentum,
+    return SGDSettings(lr=cfg.poison_lr * cfg.lr_decay ** (server_round - 1), epochs=epochs, batch_size=cfg.batch_size, momentum=cfg.momentum,
                        weight_decay=cfg.weight_decay, lr_milestones=milestones)
 
 

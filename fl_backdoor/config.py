@@ -92,6 +92,7 @@ class ExperimentConfig:
     weight_decay: float = _opt(5e-4, "Client SGD weight decay.")
     batch_size: int = _opt(64, "Client batch size.")
     local_epochs: int = _opt(1, "Benign local epochs per round.")
+    lr_decay: float = _opt(1.0, "Client and attacker learning rates are multiplied by this every round: lr * decay^(round-1).")
     last_conv_l2: float = _opt(0.0, "L2 penalty (lambda) on the last conv layer during training (Fig. 10).")
     # --- attack ------------------------------------------------------------------
     attack_mode: str = _opt("victim", "victim: VL -> AL (the paper); all-to-one: every label -> AL (DBA).", choices=ATTACK_MODES)
@@ -249,6 +250,7 @@ class ExperimentConfig:
             _check(getattr(self, key) > 0, key.replace("_", "-"), f"must be > 0, got {getattr(self, key)}")
         for key in ("batch_size", "local_epochs", "poison_epochs", "eval_every", "eval_batch_size"):
             _check(getattr(self, key) >= 1, key.replace("_", "-"), f"must be >= 1, got {getattr(self, key)}")
+        _check(0.0 < self.lr_decay <= 1.0, "lr-decay", f"must be in (0, 1], got {self.lr_decay}")
         _check(self.min_replies >= 1, "min-replies", f"must be >= 1, got {self.min_replies}")
         self.widths  # noqa: B018 - parses model-widths
         attackers = self.attackers

@@ -8,7 +8,7 @@ from torch import nn
 from .attacks import test_trigger
 from .config import ExperimentConfig
 from .datasets import Split
-from .training import accuracy
+from .training import accuracy, to_device
 
 
 def backdoor_test_images(cfg: ExperimentConfig, test: Split) -> torch.Tensor:
@@ -26,13 +26,13 @@ class Evaluator:
 
     def __init__(self, cfg: ExperimentConfig, test: Split, device: torch.device) -> None:
         self.batch_size = cfg.eval_batch_size
-        self.x = test.x.to(device)
+        self.x = to_device(test.x, device)
         self.y = test.y.to(device)
         source = backdoor_test_images(cfg, test)
-        self.sets: dict[str, torch.Tensor] = {"aa": test_trigger(cfg).apply(source).to(device)}
+        self.sets: dict[str, torch.Tensor] = {"aa": to_device(test_trigger(cfg).apply(source), device)}
         if cfg.trigger == "dba":
             for piece in range(4):
-                self.sets[f"aa_piece{piece}"] = test_trigger(cfg, piece).apply(source).to(device)
+                self.sets[f"aa_piece{piece}"] = to_device(test_trigger(cfg, piece).apply(source), device)
         self.target = cfg.attack_label
 
     def __call__(self, model: nn.Module) -> dict[str, float]:

@@ -16,6 +16,7 @@ import torch
 from . import partitions
 from .config import ExperimentConfig
 from .datasets import Split, load_split, resolve_data_dir
+from .training import to_device
 
 _SPLIT_KEYS = ("dataset", "data-dir", "download", "seed", "data-fraction", "validation-fraction")
 _PARTITION_KEYS = _SPLIT_KEYS + ("num-clients", "partition", "labels-per-client", "equal-size",
@@ -70,7 +71,7 @@ def client_data(cfg: ExperimentConfig, client_id: int, device: torch.device) -> 
     """A client's (x, y) on the device, cached for the life of the process."""
     def build() -> tuple[torch.Tensor, torch.Tensor]:
         part = _train_split(cfg).subset(client_partitions(cfg)[client_id])
-        return part.x.to(device), part.y.to(device)
+        return to_device(part.x, device), part.y.to(device)
     return _cached(("client", cfg.digest(*_PARTITION_KEYS), str(client_id), str(device)), build)
 
 

@@ -6,6 +6,8 @@ computes a partition gets the same one.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 
@@ -21,11 +23,12 @@ def assign_labels(num_clients: int, k: int, num_classes: int, seed: int,
 
     ``required`` maps a client to a label it must hold (an attacker must own the
     victim label).  Each label is held by at most ceil(num_clients * k / num_classes)
-    clients, so no label is split among many more clients than another.
+    clients, so no label is split among many more clients than another, unless more
+    clients are required to hold it (many attackers sharing one victim label).
     """
     rng = np.random.default_rng(seed)
     required = required or {}
-    cap = -(-num_clients * k // num_classes)
+    cap = max([-(-num_clients * k // num_classes), *Counter(required.values()).values()])
     for _ in range(1000):
         load = np.zeros(num_classes, dtype=int)
         chosen: list[list[int]] = []

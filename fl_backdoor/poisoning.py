@@ -18,7 +18,7 @@ def victim_copies(x: torch.Tensor, y: torch.Tensor, victim: int, attack: int,
     """Clean data plus triggered copies of its victim-label images relabelled to ``attack``."""
     chosen = y == victim
     poisoned = trigger.apply(x[chosen])
-    labels = torch.full((poisoned.shape[0],), attack, dtype=y.dtype)
+    labels = torch.full((poisoned.shape[0],), attack, dtype=y.dtype, device=y.device)
     return torch.cat([x, poisoned]), torch.cat([y, labels])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .config import ExperimentConfig
@@ -31,20 +32,43 @@ def result_row(cfg: ExperimentConfig, results: dict[str, dict[str, Any]], second
 def markdown_table(rows: Sequence[dict[str, Any]], phases: Sequence[str] | None = None, average: bool = True) -> str:
     """Paper-style table: VL | AL | <phase> TA | <phase> AA ... with an Avg row."""
     phases = phases or [k for k in PHASE_TITLES if any(f"{k}_ta" in r for r in rows)]
-    head = ["VL", "AL"] + [f"{PHASE_TITLES[p]} {m}" for p in phases for m in ("TA", "AA")]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    columns = [Column("VL", "vl"), Column("AL", "al")]
+    columns += [Column(f"{PHASE_TITLES[p]} {m.upper()}", f"{p}_{m}") for p in phases for m in ("ta", "aa")]
+    return markdown_columns(rows, columns, average=average)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: title, row key, and how numbers are written ('.1f', or 'd' for counts)."""
+
+    title: str
+    key: str
+    fmt: str = ".1f"
+
+
+def markdown_columns(rows: Sequence[dict[str, Any]], columns: Sequence[Column], labels: int = 2,
+                     average: bool = True) -> str:
+    """A markdown table of the given columns; the first ``labels`` columns name the row, the others are
+    numbers ('-' when missing), averaged in an Avg row when there is more than one row."""
+    lines = ["| " + " | ".join(c.title for c in columns) + " |", "|" + "---|" * len(columns)]
+
+    def number(value: Any, fmt: str) -> str:
+        if value is None or value == "":
+            return "-"
+        return f"{float(value):.0f}" if fmt == "d" else f"{float(value):{fmt}}"
 
     def cells(row: dict[str, Any]) -> list[str]:
-        values = [row.get(f"{p}_{m}") for p in phases for m in ("ta", "aa")]
-        return [str(row.get("vl", "")), str(row.get("al", ""))] + ["-" if v is None else f"{float(v):.1f}" for v in values]
+        return ([str(row.get(c.key, "")) for c in columns[:labels]]
+                + [number(row.get(c.key), c.fmt) for c in columns[labels:]])
 
     lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
     if average and len(rows) > 1:
-        avg: dict[str, Any] = {"vl": "Avg", "al": ""}
-        for p in phases:
-            for m in ("ta", "aa"):
-                vals = [float(r[f"{p}_{m}"]) for r in rows if r.get(f"{p}_{m}") not in (None, "")]
-                if vals:
-                    avg[f"{p}_{m}"] = sum(vals) / len(vals)
+        avg: dict[str, Any] = {c.key: "" for c in columns[:labels]}
+        if labels:
+            avg[columns[0].key] = "Avg"
+        for c in columns[labels:]:
+            values = [float(r[c.key]) for r in rows if r.get(c.key) not in (None, "")]
+            if values:
+                avg[c.key] = sum(values) / len(values)
         lines.append("| " + " | ".join(cells(avg)) + " |")
     return "\n".join(lines) + "\n"

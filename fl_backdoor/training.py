@@ -95,6 +95,19 @@ def l2_on_layer(layer: str, strength: float) -> LossTerm:
     return term
 
 
+def to_device(item: nn.Module | torch.Tensor, device: torch.device) -> nn.Module | torch.Tensor:
+    """Move a model or an image batch to the device in channels-last layout.
+
+    Convolutions on CPU (oneDNN) and GPU run 1.5-3x faster on channels-last images and
+    weights than on the default layout; slices of a channels-last tensor keep the layout.
+    """
+    if isinstance(item, nn.Module):
+        return item.to(device=device, memory_format=torch.channels_last)
+    if item.dim() == 4:
+        return item.to(device).contiguous(memory_format=torch.channels_last)
+    return item.to(device)
+
+
 def pick_device(name: str) -> torch.device:
     """'auto' -> cuda when available, else cpu."""
     if name == "auto":

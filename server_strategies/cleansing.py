@@ -32,7 +32,7 @@ from fl_backdoor.federation_data import validation_set
 from fl_backdoor.models import layer_neurons, resolve_layer
 from fl_backdoor.plots import plot_curves
 from fl_backdoor.run_dir import load_checkpoint, write_csv
-from fl_backdoor.training import accuracy
+from fl_backdoor.training import accuracy, to_device
 from server_strategies.reply_checks import Checker, accuracies_checker, ranking_checker, votes_checker
 from server_strategies.server_run import ServerRun, percent
 
@@ -62,7 +62,7 @@ class Cleansing:
         self.aw_layer = model.last_conv
         device = next(model.parameters()).device
         val = validation_set(self.cfg)
-        self.val_x, self.val_y = val.x.to(device), val.y.to(device)
+        self.val_x, self.val_y = to_device(val.x, device), val.y.to(device)
         self.results = run.state.results
         self.report_seconds = 0.0  # time spent on report-only curves, kept out of the phase times
 

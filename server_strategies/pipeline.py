@@ -23,7 +23,7 @@ from fl_backdoor.models import build_model
 from fl_backdoor.run_dir import (CheckpointError, RunDirectory, atomic_write_text, load_checkpoint, read_csv,
                                  write_csv, write_json)
 from fl_backdoor.tables import markdown_table, result_row
-from fl_backdoor.training import pick_device
+from fl_backdoor.training import pick_device, to_device
 from server_strategies.cleansing import Cleansing
 from server_strategies.fedavg import BackdoorFedAvg
 from server_strategies.nodes import map_clients_to_nodes
@@ -75,7 +75,7 @@ def prepare_run(grid: Grid, cfg: ExperimentConfig) -> ServerRun:
         restore(gm, run_dir.checkpoint("latest"))
         print(f"resuming {run_dir.path} after round {gm.round} (steps done: {', '.join(state.done) or 'none'})",
               flush=True)
-    gm.model.to(device)
+    to_device(gm.model, device)
     print(f"run directory: {run_dir.path}", flush=True)
     client_nodes = map_clients_to_nodes(grid, cfg.num_clients)
     run = ServerRun(cfg, grid, run_dir, evaluator, gm, BackdoorFedAvg(cfg, client_nodes), state)

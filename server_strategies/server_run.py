@@ -35,7 +35,7 @@ class GlobalModel:
 
     def arrays(self) -> ArrayRecord:
         """The state dict as a Flower ArrayRecord."""
-        return ArrayRecord(self.model.state_dict())
+        return ArrayRecord({k: v.contiguous() for k, v in self.model.state_dict().items()})
 
     def load(self, arrays: ArrayRecord) -> None:
         """Replace the weights with an aggregated ArrayRecord."""

@@ -44,3 +44,5 @@ def test_schedule_and_pieces():
 def test_poison_lr_steps_at_20_and_80_percent():
     cfg = ExperimentConfig.from_flat({"poison-epochs": 10, "poison-lr-steps": True})
     assert poison_settings(cfg).lr_milestones == (2, 8)
+    decayed = cfg.replace(lr_decay=0.5)
+    assert poison_settings(decayed, 3).lr == cfg.poison_lr * 0.25
