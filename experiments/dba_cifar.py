@@ -12,15 +12,19 @@ Full scale (a GPU run): 100 clients, 10 per round, Dirichlet 0.5, 200 clean roun
     python experiments/dba_cifar.py --clients 20 --pretrain-rounds 3 --attack-stage-rounds 10 --subset 0.1   # CPU, minutes
 
 --setting paper runs the cleansing paper's Table III variant instead: VGG11, victim
-label truck (9) -> --attack-label, the DBA pieces as trigger.
+label truck (9) -> --attack-label, the DBA pieces as trigger.  The whole Table III
+(truck -> every other class, one shared clean pretraining) is
+``python experiments/paper.py table3``, built from ``table3_training`` below.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Sequence
 
 from fl_backdoor.cli import add_config_arguments, config_from_cli, run_cli
+from fl_backdoor.sweeps import SWEEP_KEYS, Experiment, clean_pretraining
 from server_strategies.simulation import run_simulation
 
 # REFERENCE.md, DBA official CIFAR-10 configuration
@@ -50,8 +54,30 @@ def stage_configs(args: argparse.Namespace) -> tuple[dict, dict]:
     return pretrain, attack
 
 
-def main() -> None:
-    """Pretrain clean (or reuse --pretrained), then attack; print both run directories."""
+def table3_training(args: argparse.Namespace, attack_labels: Sequence[int]) -> dict[int, Experiment]:
+    """Table III: the attack stage of the paper setting for each attack label (truck -> AL).
+
+    All of them start from ONE clean pretraining: its config does not depend on the
+    attack label, so the sweep runs it once.  ``args`` are this script's options
+    (``build_parser``), its -c overrides included.
+    """
+    runs = {}
+    for label in attack_labels:
+        pretrain, attack = stage_configs(argparse.Namespace(**{**vars(args), "setting": "paper",
+                                                               "attack_label": label}))
+        clean = clean_pretraining(_sweep_config(args, pretrain), args.pretrain_rounds, label="cifar-dba-pretrain")
+        runs[label] = Experiment(f"cifar-dba-truck-al{label}-train", _sweep_config(args, attack), parent=clean)
+    return runs
+
+
+def _sweep_config(args: argparse.Namespace, stage: dict) -> dict:
+    """A stage's flat config with the -c overrides, without the keys a sweep sets itself."""
+    flat = config_from_cli(args, stage).to_flat()
+    return {k: v for k, v in flat.items() if k not in SWEEP_KEYS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """This script's options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=("reference", "paper"), default="reference",
                         help="reference: DBA's ResNet-18 all-to-one (label 2); paper: VGG11, truck -> --attack-label")
@@ -66,7 +92,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="dba-cifar", help="prefix of the two run directories")
     add_config_arguments(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    """Pretrain clean (or reuse --pretrained), then attack; print both run directories."""
+    args = build_parser().parse_args()
     pretrain, attack = stage_configs(args)
     checkpoint = args.pretrained
     if not checkpoint:

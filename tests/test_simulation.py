@@ -11,8 +11,9 @@ from fl_backdoor.models import build_model
 from fl_backdoor.run_dir import load_checkpoint, read_csv
 from server_strategies.simulation import run_simulation
 
-SMALL = {"dataset": "mnist", "num-clients": 4, "labels-per-client": 10, "data-fraction": 0.05,
-         "test-subset": 1000, "lr": 0.05, "poison-lr": 0.05, "poison-epochs": 3, "gamma": 4,
+# Enough poisoned copies (about 150) and attacker steps that the backdoor holds by round 3.
+SMALL = {"dataset": "mnist", "num-clients": 4, "labels-per-client": 10, "data-fraction": 0.1,
+         "test-subset": 1000, "lr": 0.05, "poison-lr": 0.1, "poison-epochs": 5, "gamma": 4,
          "trigger": "pixel-9", "victim-label": 9, "attack-label": 0}
 ROUNDS = 4
 
