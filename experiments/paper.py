@@ -5,7 +5,7 @@
     python experiments/paper.py table2 --scale small         # a laptop: tens of minutes
     RAY_ADDRESS=auto python experiments/paper.py table1 --scale full     # a Ray cluster: the paper's setting
 
-Targets: table1 .. table7, fig3, fig5 .. fig10 (see --help).  Every target runs its
+Targets: table1 .. table7, fig3, fig5 .. fig10, adaptive (see --help).  Every target runs its
 experiments as a sweep of Ray tasks (fl_backdoor.sweeps) whose run directories land in
 <results-dir>/runs/, shared by all targets of the same results directory: a run that
 one target needs and another has finished is not run again, and an interrupted target
@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import dba_cifar
-import matplotlib.pyplot as plt
 from fl_backdoor.cli import add_config_arguments, run_cli
 from fl_backdoor.config import UserError, config_from_args
-from fl_backdoor.plots import plot_curves  # also selects matplotlib's headless backend
+from fl_backdoor.plots import plot_bars, plot_curves
 from fl_backdoor.run_dir import atomic_write_text, read_csv, write_csv, write_json
 from fl_backdoor.sweeps import SWEEP_KEYS, Experiment, SweepOutcome, clean_pretraining, run_sweep
 from fl_backdoor.tables import PHASE_TITLES, Column, markdown_columns
@@ -64,7 +63,7 @@ class Scale:
 MNIST_ALL = [(9, a) for a in range(9)] + [(v, 9) for v in range(9)]
 SCALES = {
     "full": Scale({"data-fraction": 1.0, "test-subset": 0, "curve-points": 64},
-                  {"mnist": 40, "fashion-mnist": 50}, {"mnist": 0, "fashion-mnist": 0},
+                  {"mnist": 40, "fashion-mnist": 60}, {"mnist": 0, "fashion-mnist": 0},
                   MNIST_ALL, [(9, a) for a in range(9)], list(range(9)), [5, 10, 15, 20, 25], list(range(1, 11)),
                   [0.0, 1e-4, 1e-3, 1e-2],
                   ["--clients", "100", "--per-round", "10", "--pretrain-rounds", "200", "--attack-stage-rounds", "20"]),
@@ -114,7 +113,8 @@ class Setup:
     def training(self, preset: dict[str, Any], **changes: Any) -> Experiment:
         """The training run under attack (train-only), after the scale's shared clean rounds if any."""
         flat = self.config(preset, defense="train-only", **changes)
-        label = f"{SHORT[flat['dataset']]}-{flat['victim-label']}to{flat['attack-label']}-train"
+        attacker = "" if flat["adaptive-attack"] == "none" else f"-{flat['adaptive-attack']}"
+        label = f"{SHORT[flat['dataset']]}-{flat['victim-label']}to{flat['attack-label']}{attacker}-train"
         clean = self.scale.pretrain[flat["dataset"]] if self.pretrain_rounds is None else self.pretrain_rounds
         if clean <= 0:
             return Experiment(label, flat)
@@ -135,16 +135,21 @@ class Setup:
 
 def defended(training: Experiment, defense: str, **changes: Any) -> Experiment:
     """The defense run on a training run's model (no new training rounds)."""
-    suffix = f"{defense}-{changes['pruning_method']}" if "pruning_method" in changes else defense
+    suffix = "-".join([defense] + [str(changes[k]) for k in ("pruning_method", "adaptive_attack") if k in changes])
     return training.child(training.label.replace("-train", f"-{suffix}"), defense=defense, **changes)
 
 
 @dataclass
 class Plan:
-    """A target: its experiments and what it writes from their results."""
+    """A target: its experiments and what it writes from their results.
+
+    ``then`` builds experiments that need files of finished runs (the oracle attacker needs
+    the baseline's final mask); they run as a second sweep into the same results directory.
+    """
 
     experiments: list[Experiment]
     report: Callable[[SweepOutcome, Path], None]
+    then: Callable[[SweepOutcome], list[Experiment]] | None = None
 
 
 # --- reading finished runs --------------------------------------------------------------------------------
@@ -190,30 +195,6 @@ def phase_seconds(outcome: SweepOutcome, training: Experiment, defense: Experime
 
 
 # --- writing ---------------------------------------------------------------------------------------------
-def bars(path: Path, groups: Sequence[str], panels: dict[str, dict[str, Sequence[float | None]]], title: str,
-         ylabel: str = "%") -> None:
-    """Grouped bar chart, one panel per entry of ``panels`` ({series: one value per group})."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 0.55 * len(groups) * len(panels) + 3), 3.8),
-                             dpi=120, squeeze=False)
-    for ax, (panel, series) in zip(axes[0], panels.items()):
-        width = 0.8 / max(len(series), 1)
-        for i, (name, values) in enumerate(series.items()):
-            xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
-            ax.bar(xs, [float("nan") if v is None else float(v) for v in values], width, label=name)
-        ax.set_xticks(range(len(groups)), groups, rotation=45 if len(groups) > 6 else 0, fontsize=8)
-        ax.set_title(panel)
-        ax.set_ylabel(ylabel)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def write_table(out: Path, title: str, rows: list[dict[str, Any]], columns: list[Column], labels: int = 2,
                 missing: Sequence[str] = (), average: bool = True) -> None:
     """table.csv (every key of every row) and table.md (the given columns, the paper's layout)."""
@@ -238,7 +219,7 @@ def phase_plot(path: Path, rows: list[dict[str, Any]], phases: Sequence[str], ti
     groups = [f"{r['vl']}->{r['al']}" for r in rows]
     panels = {metric: {PHASE_TITLES[p]: [r.get(f"{p}_{m}") for r in rows] for p in phases}
               for metric, m in (("TA", "ta"), ("AA", "aa"))}
-    bars(path, groups, panels, title)
+    plot_bars(path, groups, panels, title)
 
 
 def pair_table(title: str, runs: list[Experiment], phases: Sequence[str],
@@ -332,7 +313,7 @@ def table4(setup: Setup) -> Plan:
         write_table(out, "Table IV: comparison with centralized defenses (averages over the pairs)", rows, columns,
                     missing=missing)
         if rows:
-            bars(out / "table.png", [r["dataset"] for r in rows],
+            plot_bars(out / "table.png", [r["dataset"] for r in rows],
                  {metric: {d: [r.get(f"{d}_{m}") for r in rows] for d in defenses}
                   for metric, m in (("TA", "ta"), ("AA", "aa"))}, "Table IV")
     return Plan([r for runs in cases.values() for r in runs], report)
@@ -363,7 +344,7 @@ def table5(setup: Setup) -> Plan:
         write_table(out, "Table V: federated pruning, RAP (Ranking V) against MVP (Majority V)", rows, columns,
                     missing=missing)
         if rows:
-            bars(out / "table.png", [f"{r['vl']}->{r['al']}" for r in rows],
+            plot_bars(out / "table.png", [f"{r['vl']}->{r['al']}" for r in rows],
                  {metric: {name: [r[f"{key}_{m}"] for r in rows]
                            for name, key in (("Training", "training"), ("Ranking V", "rap"), ("Majority V", "mvp"))}
                   for metric, m in (("TA", "ta"), ("AA", "aa"))}, "Table V")
@@ -397,7 +378,7 @@ def table6(setup: Setup) -> Plan:
         write_table(out, "Table VI: adjusting extreme weights only (N = weights zeroed)", rows, columns,
                     missing=missing)
         if rows:
-            bars(out / "table.png", [f"{r['vl']}->{r['al']}" for r in rows],
+            plot_bars(out / "table.png", [f"{r['vl']}->{r['al']}" for r in rows],
                  {metric: {f"{size} NN": [r[f"{size}_{m}"] for r in rows] for size in models}
                   for metric, m in (("TA after AW", "ta"), ("AA after AW", "aa"))}, "Table VI")
     return Plan([e for case in cases for e in case.values()], report)
@@ -417,7 +398,7 @@ def table7(setup: Setup) -> Plan:
         write_table(out, "Table VII: federated pruning under different trigger patterns (9 -> 1, Delta = 3)", rows,
                     columns, labels=1, missing=[e.name for e in runs.values() if not outcome.run_dir(e)])
         if rows:
-            bars(out / "table.png", [f"{r['pixels']} px" for r in rows],
+            plot_bars(out / "table.png", [f"{r['pixels']} px" for r in rows],
                  {metric: {PHASE_TITLES[p]: [r.get(f"{p}_{m}") for r in rows] for p in ("training", "fp", "fp-aw")}
                   for metric, m in (("TA", "ta"), ("AA", "aa"))}, "Table VII")
     return Plan(list(runs.values()), report)
@@ -574,15 +555,78 @@ def fig9(setup: Setup) -> Plan:
         columns = [Column("task", "task")] + [Column(f"{p} (s)", p) for p in phases]
         write_table(out, "Fig. 9: seconds per phase", rows, columns, labels=1, missing=missing, average=False)
         if rows:
-            bars(out / "phases.png", [r["task"] for r in rows],
+            plot_bars(out / "phases.png", [r["task"] for r in rows],
                  {"seconds": {p: [r[p] for r in rows] for p in phases}}, "Fig. 9: time per phase", ylabel="seconds")
     return Plan([d for _, d in runs.values()], report)
+
+
+ADAPTIVE = ("none", "rank-manipulation", "pruning-aware", "pruning-aware-oracle", "aw-aware")
+
+
+def adaptive(setup: Setup) -> Plan:
+    """Section VI-B: All mode against attackers who know the defense, next to the plain attacker (Fashion-MNIST)."""
+    pairs = setup.scale.fmnist_pairs
+    baseline = {pair: setup.training(FMNIST, victim_label=pair[0], attack_label=pair[1]) for pair in pairs}
+    cases: dict[tuple[int, int], dict[str, Experiment]] = {}
+    for pair, training in baseline.items():
+        v, a = pair
+        cases[pair] = {
+            "none": defended(training, "all"),
+            # rank manipulation only lies in the cleansing queries: it defends the baseline's model
+            "rank-manipulation": defended(training, "all", adaptive_attack="rank-manipulation"),
+            **{kind: defended(setup.training(FMNIST, victim_label=v, attack_label=a, adaptive_attack=kind), "all")
+               for kind in ("pruning-aware", "aw-aware")}}
+
+    def oracle(outcome: SweepOutcome) -> list[Experiment]:
+        """The oracle attacker trains knowing the final mask of the baseline's defense."""
+        for pair, case in cases.items():
+            run_dir = outcome.run_dir(case["none"])
+            if run_dir is not None:
+                case["pruning-aware-oracle"] = defended(setup.training(
+                    FMNIST, victim_label=pair[0], attack_label=pair[1], adaptive_attack="pruning-aware-oracle",
+                    oracle_checkpoint=str(run_dir / "checkpoints" / "fp.pt")), "all")
+        return [c["pruning-aware-oracle"] for c in cases.values() if "pruning-aware-oracle" in c]
+
+    def report(outcome: SweepOutcome, out: Path) -> None:
+        rows, long_rows, missing = [], [], []
+        for (v, a), case in cases.items():
+            row: dict[str, Any] = {"vl": v, "al": a}
+            for kind in ADAPTIVE:
+                found = row_of(outcome, case[kind]) if kind in case else None
+                if found is None:
+                    missing.append(case[kind].name if kind in case else f"{kind} {v}->{a}")
+                    continue
+                long_rows.append({"attacker": kind, **found})
+                row.update({f"{kind}_training_aa": found["training_aa"], f"{kind}_all_ta": found["all_ta"],
+                            f"{kind}_all_aa": found["all_aa"]})
+            rows.append(row)
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / "runs.csv", long_rows)
+        columns = [Column("VL", "vl"), Column("AL", "al")] + [
+            Column(f"{kind} {title}", f"{kind}_{key}") for kind in ADAPTIVE
+            for title, key in (("Training AA", "training_aa"), ("All TA", "all_ta"), ("All AA", "all_aa"))]
+        write_table(out, "Adaptive attackers against the All mode (none = the plain attacker)", rows, columns,
+                    missing=missing)
+        if long_rows:
+            def average(key: str) -> list[float | None]:
+                return [_mean([r[key] for r in long_rows if r["attacker"] == k]) for k in ADAPTIVE]
+            plot_bars(out / "table.png", list(ADAPTIVE),
+                 {"TA": {"Training": average("training_ta"), "All": average("all_ta")},
+                  "AA": {"Training": average("training_aa"), "All": average("all_aa")}},
+                 "Adaptive attackers (averages over the pairs)")
+    return Plan([e for case in cases.values() for e in case.values()], report, then=oracle)
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    """Mean of the present values, None when there are none."""
+    present = [float(v) for v in values if v not in (None, "")]
+    return sum(present) / len(present) if present else None
 
 
 TARGETS: dict[str, Callable[[Setup], Plan]] = {
     "table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5, "table6": table6,
     "table7": table7, "fig3": fig3, "fig5": fig5, "fig6": fig6, "fig7": fig7, "fig8": fig8, "fig9": fig9,
-    "fig10": fig10,
+    "fig10": fig10, "adaptive": adaptive,
 }
 
 
@@ -602,7 +646,7 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
     targets = "\n".join(f"  {k:8s} {f.__doc__.splitlines()[0]}" for k, f in TARGETS.items())
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="targets:\n" + targets)
-    parser.add_argument("target", choices=list(TARGETS), metavar="TARGET", help="table1..table7, fig3, fig5..fig10")
+    parser.add_argument("target", choices=list(TARGETS), metavar="TARGET", help="table1..table7, fig3, fig5..fig10, adaptive")
     parser.add_argument("--scale", choices=list(SCALES), default="small",
                         help="full: the paper's setting; small: a laptop; tiny: a smoke run (README)")
     parser.add_argument("--results-dir", default="", help="default: results/paper-<scale>")
@@ -628,6 +672,13 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
           flush=True)
     outcome = run_sweep(plan.experiments, run_simulation, results_dir, parallel=args.parallel,
                         progress=not args.no_progress)
+    later = plan.then(outcome) if plan.then else []
+    if later:
+        print(f"{args.target}: {len(later)} experiments that need the first ones' results", flush=True)
+        second = run_sweep(later, run_simulation, results_dir, parallel=args.parallel, progress=not args.no_progress)
+        outcome.skipped += [n for n in second.skipped if n not in outcome.finished]
+        outcome.finished.update(second.finished)
+        outcome.failed.update(second.failed)
     out = results_dir / args.target
     write_json(out / "sweep.json", {"target": args.target, "scale": args.scale, "overrides": args.config,
                                     "command": sys.argv, "finished": {k: str(v) for k, v in outcome.finished.items()},

@@ -80,7 +80,7 @@ class ExperimentConfig:
     model_widths: str = _opt("", "Conv widths, e.g. '8,16' (small) or '20,50' (large) for mnist-cnn; empty = model default.")
     # --- federation ------------------------------------------------------------
     num_clients: int = _opt(10, "Number of clients (data partitions).")
-    num_rounds: int = _opt(50, "Training rounds run by this invocation.")
+    num_rounds: int = _opt(60, "Training rounds run by this invocation.")
     fraction: float = _opt(1.0, "Fraction of clients sampled per round (1.0 = all, the paper's simplification).")
     aggregation: str = _opt("paper", "paper: G += 1/n sum(L-G); dba: G += eta/n sum(L-G).", choices=AGGREGATIONS)
     server_lr: float = _opt(1.0, "eta of the dba aggregation (the DBA reference uses 0.1).")
@@ -92,7 +92,7 @@ class ExperimentConfig:
     weight_decay: float = _opt(5e-4, "Client SGD weight decay.")
     batch_size: int = _opt(64, "Client batch size.")
     local_epochs: int = _opt(1, "Benign local epochs per round.")
-    lr_decay: float = _opt(1.0, "Client and attacker learning rates are multiplied by this every round: lr * decay^(round-1).")
+    lr_decay: float = _opt(0.98, "Client and attacker learning rates are multiplied by this every round: lr * decay^(round-1).")
     last_conv_l2: float = _opt(0.0, "L2 penalty (lambda) on the last conv layer during training (Fig. 10).")
     # --- attack ------------------------------------------------------------------
     attack_mode: str = _opt("victim", "victim: VL -> AL (the paper); all-to-one: every label -> AL (DBA).", choices=ATTACK_MODES)

@@ -26,6 +26,32 @@ def plot_curves(path: Path, curves: dict[str, tuple[Sequence[float], Sequence[fl
         ax.invert_xaxis()
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_bars(path: Path, groups: Sequence[str], panels: dict[str, dict[str, Sequence[float | None]]], title: str,
+              ylabel: str = "%") -> None:
+    """Grouped bar chart, one panel per entry of ``panels`` ({series: one value per group}, None = no bar)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 0.55 * len(groups) * len(panels) + 3), 3.8),
+                             dpi=120, squeeze=False)
+    for ax, (panel, series) in zip(axes[0], panels.items()):
+        width = 0.8 / max(len(series), 1)
+        for i, (name, values) in enumerate(series.items()):
+            xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+            ax.bar(xs, [float("nan") if v is None else float(v) for v in values], width, label=name)
+        crowded = len(groups) > 6 or max((len(g) for g in groups), default=0) > 10
+        ax.set_xticks(range(len(groups)), groups, rotation=30 if crowded else 0, ha="right" if crowded else "center",
+                      fontsize=8)
+        ax.set_title(panel)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """Lay out, write atomically (a reader never sees half a PNG) and close."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
