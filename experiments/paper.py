@@ -62,7 +62,7 @@ class Scale:
 
 MNIST_ALL = [(9, a) for a in range(9)] + [(v, 9) for v in range(9)]
 SCALES = {
-    "full": Scale({"data-fraction": 1.0, "test-subset": 0, "curve-points": 64},
+    "full": Scale({"data-fraction": 1.0, "test-subset": 0, "curve-points": 32},
                   {"mnist": 40, "fashion-mnist": 60}, {"mnist": 0, "fashion-mnist": 0},
                   MNIST_ALL, [(9, a) for a in range(9)], list(range(9)), [5, 10, 15, 20, 25], list(range(1, 11)),
                   [0.0, 1e-4, 1e-3, 1e-2],
@@ -656,6 +656,8 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
                         help="clean rounds shared by all pairs before the attack (default: the scale's; 0 = none)")
     parser.add_argument("--pairs", type=parse_pairs, default=None,
                         help="victim->attack pairs instead of the scale's, e.g. 9-0,9-1,0-9 (Tables I, II, V, VI)")
+    parser.add_argument("--variant", default="",
+                        help="write the target's tables into <results-dir>/<target>-<variant> (e.g. a -c variant)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
@@ -679,7 +681,7 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
         outcome.skipped += [n for n in second.skipped if n not in outcome.finished]
         outcome.finished.update(second.finished)
         outcome.failed.update(second.failed)
-    out = results_dir / args.target
+    out = results_dir / (f"{args.target}-{args.variant}" if args.variant else args.target)
     write_json(out / "sweep.json", {"target": args.target, "scale": args.scale, "overrides": args.config,
                                     "command": sys.argv, "finished": {k: str(v) for k, v in outcome.finished.items()},
                                     "failed": outcome.failed})

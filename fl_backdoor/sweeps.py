@@ -79,9 +79,14 @@ class Experiment:
 
     @cached_property
     def digest(self) -> str:
-        """Hash of everything the run computes: its config (all keys, defaults included) and its parent."""
+        """Hash of everything the run computes: its config (all keys, defaults included) and its parent.
+
+        A training-only run ignores the defense settings, so they are not part of its identity:
+        defenses that differ only in those settings start from the same trained model.
+        """
         flat = self.cfg.to_flat()
-        identity = {k: v for k, v in flat.items() if k not in PLACEMENT_KEYS}
+        ignored = PLACEMENT_KEYS + (DEFENSE_KEYS if self.cfg.defense == "train-only" else ())
+        identity = {k: v for k, v in flat.items() if k not in ignored}
         identity["parent"] = self.parent.name if self.parent else ""
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 

@@ -55,6 +55,15 @@ def test_name_follows_what_the_run_computes_not_where_it_runs():
     assert a.child("d", defense="fp").name != exp("x", seed=2).child("d", defense="fp").name, "parent is identity"
 
 
+def test_a_training_run_is_shared_by_defenses_that_differ_only_in_defense_settings():
+    trained = exp("t", defense="train-only", curve_points=4, aw_max_drop=0.02)
+    assert trained.name == exp("t", defense="train-only", curve_points=32, aw_max_drop=0.01).name
+    assert trained.name != exp("t", defense="train-only", lr=0.3).name
+    assert (trained.child("d", defense="fp-aw", aw_max_drop=0.01).name
+            != trained.child("d", defense="fp-aw", aw_max_drop=0.02).name), \
+        "a defense run's name follows its defense settings"
+
+
 def test_bad_experiments_are_refused_before_running():
     with pytest.raises(ConfigError, match="num-clients"):
         exp("x", num_clients=0)
