@@ -303,8 +303,7 @@ def table4(setup: Setup) -> Plan:
             summary: dict[str, Any] = {"dataset": dataset, "pairs": len({r["pair"] for r in mine})}
             for d in defenses:
                 for m in ("ta", "aa"):
-                    values = [float(r[m]) for r in mine if r["defense"] == d]
-                    summary[f"{d}_{m}"] = sum(values) / len(values) if values else None
+                    summary[f"{d}_{m}"] = _mean([r[m] for r in mine if r["defense"] == d])
             rows.append(summary)
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / "comparison.csv", long_rows)
