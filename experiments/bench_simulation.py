@@ -16,6 +16,10 @@ show that it does not grow with the number of rounds.
     python experiments/bench_simulation.py --rounds 10 -c dataset=mnist -c data-fraction=0.5
 
 Goals: Flower/bare at most 1.25 with one worker; more than 1.6x speed-up with 2 workers on 2 CPUs.
+
+Run it on an otherwise idle machine.  Ray starts its workers at nice 15, so any other
+busy process takes CPU from the Flower workers but hardly from the bare loop (normal
+priority), and the ratio then measures the machine's load, not Flower.
 """
 
 from __future__ import annotations
@@ -132,6 +136,15 @@ def steady(seconds: list[float]) -> float:
     return sum(rest) / len(rest)
 
 
+def load_warning(threshold: float = 0.5) -> str:
+    """A warning line when the 1-minute load average says other work is running ('' otherwise)."""
+    load = os.getloadavg()[0]
+    if load <= threshold:
+        return ""
+    return (f"WARNING: 1-minute load average {load:.2f} (> {threshold}): other work is running. Ray runs the "
+            "Flower workers at nice 15, so it slows them far more than the bare loop; the ratios will be off.")
+
+
 def main() -> None:
     """Run the three variants and print times, ratios and worker memory."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,6 +159,9 @@ def main() -> None:
     out = Path(args.out or f"results/bench-{time.strftime('%Y%m%d-%H%M%S')}").expanduser().resolve()
     cfg = config_from_cli(args, {**BENCH, "num-rounds": args.rounds, "output-dir": str(out)})
     torch.set_num_threads(1)
+    load_at_start = os.getloadavg()[0]
+    if warning := load_warning():
+        print(warning, flush=True)
     sizes = [client_data(cfg, c, torch.device("cpu"))[1].shape[0] for c in range(cfg.num_clients)]
     print(f"{cfg.dataset} {cfg.model_name}: {cfg.num_clients} clients, {sum(sizes)} samples, attackers "
           f"{list(cfg.attackers)} ({cfg.poison_epochs} poison epochs); {args.rounds} rounds; {args.cpus} CPUs",
@@ -180,7 +196,8 @@ def main() -> None:
             growth = max((last[p] - first[p] for p in common), default=float("nan"))
             print(f"  {name:10s} largest growth of a worker from round {min(samples)} to {max(samples)}: "
                   f"{growth:+.1f} MiB")
-    write_json(out / "bench.json", {"config": cfg.to_flat(), "cpus": args.cpus, "versions": package_versions(),
+    write_json(out / "bench.json", {"config": cfg.to_flat(), "cpus": args.cpus, "load_average_at_start": load_at_start,
+                                    "versions": package_versions(),
                                     "seconds": {name: {"total": t, "rounds": s} for name, t, s in rows},
                                     "flower_over_bare": overhead, "speedup": speedup,
                                     "worker_rss_mib": {"1": one[2], str(args.cpus): many[2]}})
