@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 from clients.cleansing_jobs import candidate_report, neuron_report
 from clients.local_training import local_accuracy, run_local_job
 from defenses.masks import NeuronMask
+from fl_backdoor.allocator import keep_freed_memory
 from fl_backdoor import protocol
 from fl_backdoor.config import ExperimentConfig
 
@@ -34,10 +35,12 @@ class Request:
 
 
 def unpack(msg: Message) -> Request:
-    """Parse a message's run config, per-message config, model and mask (one torch thread from here on)."""
+    """Parse a message's run config, per-message config, model and mask (one torch thread from here on,
+    freed memory kept in the process: fl_backdoor.allocator)."""
     # each simulated client owns one CPU; more torch threads would oversubscribe the cores
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
+    keep_freed_memory()
     config = msg.content[protocol.CONFIG]
     return Request(protocol.read_config(msg.content[protocol.RUN_CONFIG]), config, int(config["client-id"]),
                    msg.content[protocol.ARRAYS].to_torch_state_dict(), protocol.read_mask(config))

@@ -136,13 +136,27 @@ def steady(seconds: list[float]) -> float:
     return sum(rest) / len(rest)
 
 
-def load_warning(threshold: float = 0.5) -> str:
-    """A warning line when the 1-minute load average says other work is running ('' otherwise)."""
-    load = os.getloadavg()[0]
-    if load <= threshold:
+def busy_cpus(seconds: float = 1.0) -> float | None:
+    """CPUs' worth of work other processes did during the last ``seconds`` (None without /proc/stat)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all jiffies, idle + iowait
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except OSError:
+        return None
+    share = 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+    return share * (os.cpu_count() or 1)
+
+
+def load_warning(busy: float | None, threshold: float = 0.3) -> str:
+    """A warning line when other processes kept more than ``threshold`` CPUs busy ('' otherwise)."""
+    if busy is None or busy <= threshold:
         return ""
-    return (f"WARNING: 1-minute load average {load:.2f} (> {threshold}): other work is running. Ray runs the "
-            "Flower workers at nice 15, so it slows them far more than the bare loop; the ratios will be off.")
+    return (f"WARNING: other processes kept {busy:.1f} CPUs busy just before the run. Ray runs the Flower "
+            "workers at nice 15, so other work slows them far more than the bare loop; the ratios will be off.")
 
 
 def main() -> None:
@@ -159,8 +173,8 @@ def main() -> None:
     out = Path(args.out or f"results/bench-{time.strftime('%Y%m%d-%H%M%S')}").expanduser().resolve()
     cfg = config_from_cli(args, {**BENCH, "num-rounds": args.rounds, "output-dir": str(out)})
     torch.set_num_threads(1)
-    load_at_start = os.getloadavg()[0]
-    if warning := load_warning():
+    busy_at_start = busy_cpus()
+    if warning := load_warning(busy_at_start):
         print(warning, flush=True)
     sizes = [client_data(cfg, c, torch.device("cpu"))[1].shape[0] for c in range(cfg.num_clients)]
     print(f"{cfg.dataset} {cfg.model_name}: {cfg.num_clients} clients, {sum(sizes)} samples, attackers "
@@ -196,7 +210,7 @@ def main() -> None:
             growth = max((last[p] - first[p] for p in common), default=float("nan"))
             print(f"  {name:10s} largest growth of a worker from round {min(samples)} to {max(samples)}: "
                   f"{growth:+.1f} MiB")
-    write_json(out / "bench.json", {"config": cfg.to_flat(), "cpus": args.cpus, "load_average_at_start": load_at_start,
+    write_json(out / "bench.json", {"config": cfg.to_flat(), "cpus": args.cpus, "busy_cpus_at_start": busy_at_start,
                                     "versions": package_versions(),
                                     "seconds": {name: {"total": t, "rounds": s} for name, t, s in rows},
                                     "flower_over_bare": overhead, "speedup": speedup,

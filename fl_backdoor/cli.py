@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any, Callable, Mapping
 
+from .allocator import keep_freed_memory
 from .config import ExperimentConfig, UserError, config_from_args
 
 
@@ -22,6 +23,7 @@ def config_from_cli(args: argparse.Namespace, base: Mapping[str, Any] | None = N
 
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a script's main; bad input ends it with one 'error:' line and exit code 2."""
+    keep_freed_memory()  # the scripts train in this process too (bare loops, centralized defenses)
     try:
         main()
     except UserError as exc:

@@ -15,6 +15,7 @@ import torch
 from flwr.serverapp import Grid
 
 from defenses.masks import NeuronMask
+from fl_backdoor.allocator import keep_freed_memory
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.datasets import resolve_data_dir
 from fl_backdoor.evaluation import Evaluator
@@ -99,6 +100,9 @@ def run_pipeline(grid: Grid, cfg: ExperimentConfig) -> Path:
     Every round and step is checkpointed; with resume the run continues after the
     last one completed.
     """
+    keep_freed_memory()
+    if hasattr(grid, "pull_interval"):  # the simulation's in-memory grid polls for replies every 0.1 s by default
+        grid.pull_interval = 0.01
     run = prepare_run(grid, cfg)
     cfg, state = run.cfg, run.state
     if "train" not in state.done:

@@ -1,6 +1,8 @@
 """The simulation benchmark's arithmetic and its warning about a busy machine."""
 
-from experiments.bench_simulation import load_warning, steady
+import os
+
+from experiments.bench_simulation import busy_cpus, load_warning, steady
 
 
 def test_steady_leaves_out_the_first_round():
@@ -9,6 +11,11 @@ def test_steady_leaves_out_the_first_round():
 
 
 def test_load_warning_only_above_the_threshold():
-    assert load_warning(threshold=float("inf")) == ""
-    warning = load_warning(threshold=-1.0)
-    assert warning.startswith("WARNING: 1-minute load average") and "nice 15" in warning
+    assert load_warning(None) == "" and load_warning(0.2) == ""
+    warning = load_warning(1.5)
+    assert warning.startswith("WARNING: other processes kept 1.5 CPUs busy") and "nice 15" in warning
+
+
+def test_busy_cpus_is_a_share_of_this_machine():
+    busy = busy_cpus(0.2)
+    assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1)
