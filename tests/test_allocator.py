@@ -8,15 +8,18 @@ import pytest
 from fl_backdoor.allocator import keep_freed_memory
 
 PROBE = """
-import sys, torch
+import ctypes, sys, torch
 from fl_backdoor.allocator import keep_freed_memory
 if sys.argv[1] == "on":
     assert keep_freed_memory()
+else:  # glibc's initial thresholds (128 KiB), which earlier frees may already have raised in this process
+    assert ctypes.CDLL(None).mallopt(-3, 128 * 1024) and ctypes.CDLL(None).mallopt(-1, 128 * 1024)
 
 def rss_mib():
     line = next(l for l in open("/proc/self/status") if l.startswith("VmRSS:"))
     return int(line.split()[1]) / 1024
 
+torch.ones(1024).sum()  # torch's lazy start-up allocations are not what this measures
 before = rss_mib()
 buffer = torch.ones(4 * 2**20)  # 16 MiB, every page touched
 del buffer
