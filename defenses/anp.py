@@ -38,6 +38,7 @@ from torch.func import functional_call
 
 from fl_backdoor.training import accuracy
 
+from .neuron_ranking import pruning_levels
 from .stop_rules import last_passing
 
 
@@ -231,7 +232,8 @@ def apply_pruning(model: nn.Module, units: list[NeuronUnit], pruned: dict[str, t
 def prune_within_drop(model: nn.Module, units: list[NeuronUnit], masks: dict[str, torch.Tensor],
                       x: torch.Tensor, y: torch.Tensor, max_drop: float) -> dict[str, torch.Tensor]:
     """Neurons to prune: the most smallest-mask neurons whose pruning keeps clean accuracy on (x, y)
-    within ``max_drop`` of the unpruned model's, growing the count until it first fails.
+    within ``max_drop`` of the unpruned model's, growing the count until it first fails (every
+    count up to 128 neurons, an even grid of 129 counts beyond: a VGG has thousands).
 
     This picks the cut from clean data alone, like Fine-Pruning's stop rule; ``model`` is
     restored before returning.
@@ -250,7 +252,7 @@ def prune_within_drop(model: nn.Module, units: list[NeuronUnit], masks: dict[str
         return accuracy(model, x, y)
 
     base = accuracy_with(0)
-    chosen, _ = last_passing(range(sum(u.size for u in units)), accuracy_with, base - max_drop)
+    chosen, _ = last_passing(pruning_levels(sum(u.size for u in units) - 1), accuracy_with, base - max_drop)
     restore()
     return prune_smallest(masks, chosen or 0)
 

@@ -21,7 +21,7 @@ from fl_backdoor.training import SGDSettings, accuracy
 from .candidates import pruned
 from .fine_tuning import fine_tune
 from .masks import NeuronMask, current_mask, install_mask, mask_on
-from .neuron_ranking import mask_for, mean_activations
+from .neuron_ranking import mask_for, mean_activations, pruning_levels
 from .stop_rules import last_passing
 
 # Liu et al. stop pruning once validation accuracy has dropped by 4 points.
@@ -56,7 +56,7 @@ def fine_pruning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: S
         with pruned(model, order, count, layer, size):
             return accuracy(model, x, y)
 
-    chosen, seen = last_passing(range(size), accuracy_with, base - max_drop)
+    chosen, seen = last_passing(pruning_levels(size - 1), accuracy_with, base - max_drop)
     count = chosen or 0
     mask = mask_for(order, count, layer, size, mask_on(current_mask(model), layer))
     install_mask(model, mask)

@@ -81,7 +81,10 @@ def mvp_order(votes: Sequence[Sequence[int]]) -> list[int]:
     return sorted(candidates, key=lambda i: (-counts[i], i))
 
 
-def pruning_levels(limit: int, max_levels: int) -> list[int]:
+MAX_PRUNING_LEVELS = 128  # accuracy evaluations of a pruning search at most (an even grid beyond that)
+
+
+def pruning_levels(limit: int, max_levels: int = MAX_PRUNING_LEVELS) -> list[int]:
     """Numbers of pruned neurons to try: every count 0..limit, or an even grid of max_levels+1."""
     if limit <= max_levels:
         return list(range(limit + 1))

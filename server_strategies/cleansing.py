@@ -25,7 +25,7 @@ from flwr.app import ConfigRecord
 from defenses.candidates import extreme_weights_zeroed, pruned
 from defenses.extreme_weights import delta_schedule, weight_stats, zero_extreme_weights
 from defenses.masks import mask_on
-from defenses.neuron_ranking import mask_for, mvp_order, pruning_levels, rap_order
+from defenses.neuron_ranking import MAX_PRUNING_LEVELS, mask_for, mvp_order, pruning_levels, rap_order
 from defenses.stop_rules import Patience, last_passing
 from fl_backdoor import protocol
 from fl_backdoor.federation_data import validation_set
@@ -36,7 +36,6 @@ from fl_backdoor.training import accuracy, to_device
 from server_strategies.reply_checks import Checker, accuracies_checker, ranking_checker, votes_checker
 from server_strategies.server_run import ServerRun, percent
 
-MAX_LEVELS = 128  # pruning levels tried at most (an even grid beyond that)
 PHASES = {
     "train-only": (),
     "fp": ("prune",),
@@ -127,7 +126,7 @@ class Cleansing:
         """Rank or vote, then prune in aggregate order while clean accuracy stays above the threshold."""
         cfg, gm = self.cfg, self.run.global_model
         order = self.neuron_order(cfg.pruning_method)
-        levels = self.levels(cfg.pruning_method, order, MAX_LEVELS)
+        levels = self.levels(cfg.pruning_method, order, MAX_PRUNING_LEVELS)
         if cfg.pruning_accuracy == "server":
             def accuracy_of(count: int) -> float:
                 with pruned(gm.model, order, count, self.layer, self.size):

@@ -158,3 +158,18 @@ def test_pruning_rules_by_name():
     assert PruningRule("max-drop", 0.04).describe() == "clean drop <= 4 pts"
     with pytest.raises(ValueError):
         PruningRule("magic", 1.0)
+
+
+def test_the_max_drop_search_tries_at_most_129_counts_on_a_wide_layer():
+    """A VGG has thousands of neurons: the search walks an even grid of counts, not every count."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1000), torch.nn.ReLU(), torch.nn.Linear(1000, 2))
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    units = neuron_units(net, x)
+    masks = {"0": torch.linspace(0.0, 1.0, 1000)}
+    calls = []
+    real_forward = net.forward
+    net.forward = lambda inp: calls.append(1) or real_forward(inp)
+    selected = PruningRule("max-drop", 1.0).select(net, units, masks, x, y)["0"]  # accuracy can never fall 100 points
+    assert len(calls) == 1 + 129  # the unpruned base, then the grid 0, 8, 16, 23, ..., 999
+    assert int(selected.sum()) == 999 and not bool(selected[-1]), "the largest grid count, the biggest mask kept"
