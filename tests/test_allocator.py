@@ -9,11 +9,12 @@ from fl_backdoor.allocator import keep_freed_memory
 
 PROBE = """
 import ctypes, sys, torch
-from fl_backdoor.allocator import keep_freed_memory
+from fl_backdoor.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, keep_freed_memory
 if sys.argv[1] == "on":
     assert keep_freed_memory()
 else:  # glibc's initial thresholds (128 KiB), which earlier frees may already have raised in this process
-    assert ctypes.CDLL(None).mallopt(-3, 128 * 1024) and ctypes.CDLL(None).mallopt(-1, 128 * 1024)
+    mallopt = ctypes.CDLL(None).mallopt
+    assert mallopt(M_MMAP_THRESHOLD, 128 * 1024) and mallopt(M_TRIM_THRESHOLD, 128 * 1024)
 
 def rss_mib():
     line = next(l for l in open("/proc/self/status") if l.startswith("VmRSS:"))
