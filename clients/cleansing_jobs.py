@@ -46,7 +46,7 @@ def candidate_report(cfg: ExperimentConfig, client_id: int, state: dict[str, tor
                                   layer_neurons(model, layer), measure)
     else:
         weight = model.get_submodule(layer).weight
-        stats = weight_stats(weight, mask_on(mask, layer))
+        stats = weight_stats(weight, mask_on(mask, layer), cfg.aw_stats)
         accs = aw_accuracies(model, layer, stats, list(candidates), measure)
     if cfg.malformed_kind(client_id) == "bad-accuracy":
         accs = [1.5] * len(accs)

@@ -11,7 +11,7 @@ import torch
 from clients.adversarial import (MODEL_FAULTS, PROCESS_FAULTS, break_process, clip_to_band, clip_to_band_state,
                                  corrupt_state, estimated_mask, oracle_mask)
 from defenses.masks import NeuronMask, install_mask
-from fl_backdoor.attacks import is_attacking, poison_settings, poisoned_training_data, scale_update
+from fl_backdoor.attacks import attack_gamma, is_attacking, poison_settings, poisoned_training_data, scale_update
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.models import build_model, resolve_layer
@@ -64,8 +64,9 @@ def run_local_job(cfg: ExperimentConfig, client_id: int, global_state: dict[str,
     else:
         stats = train(model, x, y, benign_settings(cfg, server_round), generator, extra_loss=extra)
     local = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if attacking and cfg.gamma != 1.0:
-        local = scale_update(global_state, local, cfg.gamma)
+    gamma = attack_gamma(cfg, phase)
+    if attacking and gamma != 1.0:
+        local = scale_update(global_state, local, gamma)
     if attacking and cfg.adaptive_attack == "aw-aware":
         clip_to_band_state(local, model.last_conv, cfg.adaptive_delta)
     if malformed in MODEL_FAULTS:

@@ -1,8 +1,9 @@
 """Adjusting extreme weights (AW, Sec. IV-C): zero the weights of a layer outside mu +/- Delta*sigma.
 
 mu and sigma are the mean and standard deviation of the layer's weights, computed
-once over the neurons that are not pruned (pruned neurons are no longer part of the
-model).  The adaptive search starts from a large Delta and shrinks it by a step while
+once: over "all the weights in the last convolutional layer" (Sec. IV-C), a pruned
+neuron's weights counted as the zeros that pruning by zeroing leaves, or over the
+kept neurons' weights only.  Only kept neurons' weights are ever zeroed.  The adaptive search starts from a large Delta and shrinks it by a step while
 clean accuracy stays above a threshold, keeping the smallest Delta that passed.
 """
 
@@ -25,11 +26,19 @@ class WeightStats:
     sigma: float
 
 
-def weight_stats(weight: torch.Tensor, mask: NeuronMask | None = None) -> WeightStats:
-    """Mean and (population) standard deviation over the rows of kept neurons."""
+def weight_stats(weight: torch.Tensor, mask: NeuronMask | None = None, scope: str = "kept") -> WeightStats:
+    """Mean and (population) standard deviation of the layer's weights.
+
+    ``scope`` "kept": over the rows of kept neurons; "all": over every row, the rows
+    of pruned neurons counted as zeros.
+    """
     rows = weight.detach().double()
     if mask is not None and mask.pruned:
-        rows = rows[mask.keep(rows.device).bool()]
+        keep = mask.keep(rows.device).bool()
+        if scope == "kept":
+            rows = rows[keep]
+        else:
+            rows = rows * keep.view(-1, *([1] * (rows.dim() - 1)))
     return WeightStats(float(rows.mean()), float(rows.std(unbiased=False)))
 
 

@@ -7,24 +7,42 @@ from typing import Callable, Sequence, TypeVar
 T = TypeVar("T")
 
 
-def last_passing(candidates: Sequence[T], accuracy_of: Callable[[T], float], threshold: float
-                 ) -> tuple[T | None, list[tuple[T, float]]]:
-    """Walk the candidates in order until accuracy falls below ``threshold``.
+def stop_at_drop(candidates: Sequence[T], accuracy_of: Callable[[T], float], baseline: float, max_drop: float,
+                 per_step: bool = False, keep_crossing: bool = False) -> tuple[T | None, list[tuple[T, float]]]:
+    """Walk the candidates in order until accuracy drops more than ``max_drop``.
 
     Used for pruning (candidates = numbers of pruned neurons, growing) and for AW
-    (candidates = Delta values, shrinking).  Returns the last candidate whose accuracy
-    stayed at or above the threshold (None if the first already failed) and the
-    (candidate, accuracy) pairs measured; nothing after the first failure is measured.
+    (candidates = Delta values, shrinking).  The drop is measured from ``baseline``
+    (cumulative), or with ``per_step`` from the previous candidate's accuracy (the
+    first candidate is compared with ``baseline``).  Returns the chosen candidate (the
+    last one that passed, or with ``keep_crossing`` the one that crossed, as
+    Algorithm 1 leaves the model; None if none qualifies) and the (candidate,
+    accuracy) pairs measured; nothing after the crossing is measured.
     """
     chosen: T | None = None
     seen: list[tuple[T, float]] = []
+    reference = baseline
     for candidate in candidates:
         accuracy = accuracy_of(candidate)
         seen.append((candidate, accuracy))
-        if accuracy < threshold:
+        if accuracy < reference - max_drop:
+            if keep_crossing:
+                chosen = candidate
             break
         chosen = candidate
+        if per_step:
+            reference = accuracy
     return chosen, seen
+
+
+def last_passing(candidates: Sequence[T], accuracy_of: Callable[[T], float], threshold: float
+                 ) -> tuple[T | None, list[tuple[T, float]]]:
+    """The last candidate, in order, whose accuracy stays at or above a fixed ``threshold``.
+
+    The cumulative rule of :func:`stop_at_drop` with the threshold given directly
+    (Fine-Pruning and ANP's clean-drop rule).
+    """
+    return stop_at_drop(candidates, accuracy_of, threshold, 0.0)
 
 
 class Patience:
@@ -52,3 +70,7 @@ class Patience:
     def stop(self) -> bool:
         """Whether fine-tuning should end now."""
         return self.rounds >= self.max_rounds or self.rounds - self.best_round >= self.patience
+
+    def kept_round(self, keep: str) -> int:
+        """The round whose model goes on: the last one ('last') or the best one, round 0 included ('best')."""
+        return self.best_round if keep == "best" else self.rounds

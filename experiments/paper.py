@@ -94,6 +94,7 @@ class Setup:
     overrides: list[str]
     pretrain_rounds: int | None = None  # --pretrain-rounds: replaces the scale's shared clean rounds
     pairs: list[tuple[int, int]] | None = None  # --pairs: replaces the scale's MNIST and Fashion-MNIST pairs
+    factors: list[str] | None = None  # --factors: the ablation's factors (default: all of them)
 
     @property
     def scale(self) -> Scale:
@@ -615,6 +616,93 @@ def adaptive(setup: Setup) -> Plan:
                  "Adaptive attackers (averages over the pairs)")
     return Plan([e for case in cases.values() for e in case.values()], report, then=oracle)
 
+# --- the cleansing-fidelity ablation (README "Which reading of the paper") --------------------------------
+# The behaviour before the faithful defaults: every factor below is measured as a change of it alone.
+PREVIOUS = {"pruning-stop": "cumulative", "finetune-keep": "best", "aw-keep": "passing", "aw-stats": "kept"}
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One reading of the paper: its defense settings, or training settings that need a new training run."""
+
+    title: str
+    defense: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+FACTORS = {
+    "chosen": Factor("the defaults (all faithful readings together)"),
+    "previous": Factor("previous behaviour", dict(PREVIOUS)),
+    "per-step-stop": Factor("pruning stops at a 1-point drop from the previous count",
+                            {**PREVIOUS, "pruning-stop": "per-step"}),
+    "ft-keep-last": Factor("fine-tuning hands on its last model", {**PREVIOUS, "finetune-keep": "last"}),
+    "aw-crossing": Factor("AW keeps the Delta that crossed the threshold", {**PREVIOUS, "aw-keep": "crossing"}),
+    "aw-all-weights": Factor("AW statistics over all weights of the layer", {**PREVIOUS, "aw-stats": "all"}),
+    "aw-fixed-3": Factor("AW at the fixed Delta 3 of Table VII", {**PREVIOUS, "aw-delta": 3.0}),
+    "ft-attack-poison": Factor("attackers poison without boosting during fine-tuning",
+                               {**PREVIOUS, "finetune-attack": "poison"}),
+    "ft-attack-benign": Factor("attackers train honestly during fine-tuning", {**PREVIOUS, "finetune-attack": "benign"}),
+    "client-accuracy": Factor("decisions on the clients' reported accuracy (all their data, not 600 images)",
+                              {**PREVIOUS, "pruning-accuracy": "clients"}),
+    # trigger-origin is the top-left of the pattern's 3x3 box: 26,26 puts the single pixel at (27,27)
+    "trigger-27-27": Factor("single-pixel trigger at (27,27), a pixel no boot lights (retrains)", dict(PREVIOUS),
+                            {"trigger-origin": "26,26"}),
+    "validation-3000": Factor("decisions on 3000 validation images instead of 600 (retrains: the split changes)",
+                              dict(PREVIOUS), {"validation-fraction": 0.05}),
+    "ceil-pool-model": Factor("FashionCNN whose last pooling keeps conv3's row and column 6 (retrains)",
+                              dict(PREVIOUS), {"model": "fmnist-cnn-ceil"}),
+}
+ABLATION_PHASES = ("training", "fp", "fp-aw", "all")
+
+
+def ablation(setup: Setup) -> Plan:
+    """Cleansing fidelity: Table II's pairs defended under each reading of the paper, RAP and MVP."""
+    names = setup.factors or list(FACTORS)
+    cases: list[tuple[str, str, Experiment]] = []
+    for method in ("rap", "mvp"):  # RAP first: an interrupted ablation has every factor's RAP column
+        for name in names:
+            factor = FACTORS[name]
+            for v, a in setup.scale.fmnist_pairs:
+                training = setup.training(FMNIST, victim_label=v, attack_label=a, **factor.training)
+                if name == "chosen":  # the same runs as Table II (RAP) and its MVP variant
+                    run = defended(training, "all", **({"pruning_method": "mvp"} if method == "mvp" else {}))
+                else:
+                    label = training.label.replace("-train", f"-abl-{name}-{method}")
+                    run = training.child(label, defense="all", pruning_method=method, **factor.defense)
+                cases.append((name, method, run))
+
+    def report(outcome: SweepOutcome, out: Path) -> None:
+        rows, averages, missing = [], [], []
+        for name in names:
+            for method in ("rap", "mvp"):
+                runs = [e for n, m, e in cases if n == name and m == method]
+                mine = [r for r in (row_of(outcome, e) for e in runs) if r is not None]
+                missing += [e.name for e in runs if outcome.run_dir(e) is None]
+                rows += [{"factor": name, "method": method, **r} for r in mine]
+                keys = [f"{p}_{m}" for p in ABLATION_PHASES for m in ("ta", "aa")] + ["pruned", "ft_rounds"]
+                averages.append({"factor": name, "method": method.upper(), "pairs": len(mine),
+                                 **{k: _mean([r.get(k) for r in mine]) for k in keys}})
+        columns = ([Column("Factor", "factor"), Column("Method", "method"), Column("Pairs", "pairs", "d")]
+                   + phase_columns(ABLATION_PHASES)[2:]
+                   + [Column("Pruned", "pruned"), Column("FT rounds", "ft_rounds")])
+        legend = "\n".join(f"- {n}: {FACTORS[n].title}" for n in names)
+        write_table(out, "Cleansing ablation on Table II (Fashion-MNIST): averages over the finished pairs",
+                    averages, columns, labels=2, missing=missing, average=False)
+        atomic_write_text(out / "factors.md", legend + "\n")
+        write_csv(out / "pairs.csv", rows)
+        sections = []
+        for name in names:
+            for method in ("rap", "mvp"):
+                mine = [r for r in rows if r["factor"] == name and r["method"] == method]
+                if mine:
+                    cols = phase_columns(ABLATION_PHASES) + [Column("Pruned", "pruned", "d"),
+                                                             Column("Delta", "delta", ".2f"),
+                                                             Column("FT rounds", "ft_rounds", "d")]
+                    sections.append(f"## {name}, {method.upper()}: {FACTORS[name].title}\n\n"
+                                    + markdown_columns(mine, cols))
+        atomic_write_text(out / "pairs.md", "# Cleansing ablation, per pair\n\n" + "\n".join(sections))
+    return Plan([e for _, _, e in cases], report)
+
 
 def _mean(values: Sequence[Any]) -> float | None:
     """Mean of the present values, None when there are none."""
@@ -625,7 +713,7 @@ def _mean(values: Sequence[Any]) -> float | None:
 TARGETS: dict[str, Callable[[Setup], Plan]] = {
     "table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5, "table6": table6,
     "table7": table7, "fig3": fig3, "fig5": fig5, "fig6": fig6, "fig7": fig7, "fig8": fig8, "fig9": fig9,
-    "fig10": fig10, "adaptive": adaptive,
+    "fig10": fig10, "adaptive": adaptive, "ablation": ablation,
 }
 
 
@@ -640,12 +728,23 @@ def parse_pairs(text: str) -> list[tuple[int, int]]:
     return pairs
 
 
+def parse_factors(text: str) -> list[str]:
+    """'chosen,previous' -> ['chosen', 'previous']: names of the ablation's factors."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in FACTORS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown factor(s) {', '.join(unknown) or '(none given)'}; "
+                                         f"choose from {', '.join(FACTORS)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> SweepOutcome:
     """Build the target's experiments, run them as a sweep, write its tables and plots."""
     targets = "\n".join(f"  {k:8s} {f.__doc__.splitlines()[0]}" for k, f in TARGETS.items())
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="targets:\n" + targets)
-    parser.add_argument("target", choices=list(TARGETS), metavar="TARGET", help="table1..table7, fig3, fig5..fig10, adaptive")
+    parser.add_argument("target", choices=list(TARGETS), metavar="TARGET",
+                        help="table1..table7, fig3, fig5..fig10, adaptive, ablation")
     parser.add_argument("--scale", choices=list(SCALES), default="small",
                         help="full: the paper's setting; small: a laptop; tiny: a smoke run (README)")
     parser.add_argument("--results-dir", default="", help="default: results/paper-<scale>")
@@ -655,6 +754,8 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
                         help="clean rounds shared by all pairs before the attack (default: the scale's; 0 = none)")
     parser.add_argument("--pairs", type=parse_pairs, default=None,
                         help="victim->attack pairs instead of the scale's, e.g. 9-0,9-1,0-9 (Tables I, II, V, VI)")
+    parser.add_argument("--factors", type=parse_factors, default=None,
+                        help="ablation: the factors to run, in order, e.g. chosen,previous (default: all; see README)")
     parser.add_argument("--variant", default="",
                         help="write the target's tables into <results-dir>/<target>-<variant> (e.g. a -c variant)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -666,7 +767,7 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
             raise UserError(f"-c {key}: the sweep sets it for every run (choose the place with --results-dir)")
     if args.pretrain_rounds is not None and args.pretrain_rounds < 0:
         raise UserError(f"--pretrain-rounds: must be >= 0, got {args.pretrain_rounds}")
-    setup = Setup(args.scale, args.config, args.pretrain_rounds, args.pairs)
+    setup = Setup(args.scale, args.config, args.pretrain_rounds, args.pairs, args.factors)
     plan = TARGETS[args.target](setup)
     results_dir = Path(args.results_dir or f"results/paper-{args.scale}").expanduser().resolve()
     print(f"{args.target} at scale {args.scale}: {len(plan.experiments)} experiments, results in {results_dir}",

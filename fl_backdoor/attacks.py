@@ -29,12 +29,20 @@ def test_trigger(cfg: ExperimentConfig, piece: int | None = None) -> Trigger:
 def is_attacking(cfg: ExperimentConfig, client_id: int, server_round: int, phase: str) -> bool:
     """Whether this client poisons in this round.
 
-    Attackers poison in their attack rounds during training and, as in the paper,
-    in every round of federated fine-tuning.
+    Attackers poison in their attack rounds during training and in every round of
+    federated fine-tuning, where the paper says they "participate", unless
+    finetune-attack is benign.
     """
     if client_id not in cfg.attackers:
         return False
-    return phase == "finetune" or cfg.attacks_in_round(client_id, server_round)
+    if phase == "finetune":
+        return cfg.finetune_attack != "benign"
+    return cfg.attacks_in_round(client_id, server_round)
+
+
+def attack_gamma(cfg: ExperimentConfig, phase: str) -> float:
+    """The model-replacement scale of a poisoning attacker in a phase (fine-tuning: gamma only for 'replace')."""
+    return 1.0 if phase == "finetune" and cfg.finetune_attack != "replace" else cfg.gamma
 
 
 def poison_settings(cfg: ExperimentConfig, server_round: int = 1) -> SGDSettings:

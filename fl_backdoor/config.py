@@ -20,10 +20,11 @@ from typing import Any, Mapping
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 DEFAULT_MODEL = {"mnist": "mnist-cnn", "fashion-mnist": "fmnist-cnn", "cifar10": "vgg11"}
-MODELS = ("mnist-cnn", "fmnist-cnn", "vgg11", "resnet18-slim")
+MODELS = ("mnist-cnn", "fmnist-cnn", "fmnist-cnn-ceil", "vgg11", "resnet18-slim")
 MODEL_INPUT = {  # model -> (channels, height) it is built for
     "mnist-cnn": (1, 28),
     "fmnist-cnn": (1, 28),
+    "fmnist-cnn-ceil": (1, 28),
     "vgg11": (3, 32),
     "resnet18-slim": (3, 32),
 }
@@ -34,6 +35,11 @@ TRIGGERS = ("pixel-1", "pixel-3", "pixel-5", "pixel-7", "pixel-9", "dba")
 DEFENSE_MODES = ("train-only", "fp", "fp-aw", "all", "aw")
 PRUNING_METHODS = ("rap", "mvp")
 PRUNING_ACCURACY_SOURCES = ("server", "clients")
+PRUNING_STOPS = ("per-step", "cumulative")
+FINETUNE_KEEPS = ("last", "best")
+FINETUNE_ATTACKS = ("replace", "poison", "benign")
+AW_STATS = ("all", "kept")
+AW_KEEPS = ("crossing", "passing")
 ADAPTIVE_ATTACKS = ("none", "rank-manipulation", "pruning-aware", "pruning-aware-oracle", "aw-aware")
 MALFORMED_REPLIES = (
     "none", "wrong-names", "wrong-shape", "wrong-dtype", "non-finite",
@@ -123,14 +129,28 @@ class ExperimentConfig:
     pruning_layer: str = _opt("", "Layer whose neurons are ranked and pruned; empty = the model's last conv layer.")
     mvp_rate: float = _opt(0.5, "p of MVP: each client votes to prune its p*P least active neurons.")
     pruning_accuracy: str = _opt("server", "Accuracy for the pruning stop: server validation set or client reports.", choices=PRUNING_ACCURACY_SOURCES)
-    pruning_max_drop: float = _opt(0.01, "Stop pruning before validation accuracy drops more than this below the unpruned model.")
+    pruning_max_drop: float = _opt(0.01, "Pruning stops when validation accuracy drops more than this (see pruning-stop).")
+    pruning_stop: str = _opt("per-step", "per-step: stop before the count whose accuracy drops more than pruning-max-drop "
+                                         "below the previous count's (Sec. V-C); cumulative: below the unpruned model's.",
+                             choices=PRUNING_STOPS)
     finetune_rounds: int = _opt(10, "Maximum federated fine-tuning rounds.")
-    finetune_patience: int = _opt(2, "Stop fine-tuning after this many rounds without improvement.")
+    finetune_patience: int = _opt(2, "Stop fine-tuning after this many rounds without improving on the best accuracy "
+                                     "so far (the pruned model's included).")
+    finetune_keep: str = _opt("last", "Model fine-tuning hands to AW: last (the model when it stops, Algorithm 1) or "
+                                      "best (best validation accuracy, the pruned model of round 0 included).",
+                              choices=FINETUNE_KEEPS)
+    finetune_attack: str = _opt("replace", "Attackers during fine-tuning: replace (poison and boost by gamma, as in "
+                                           "training), poison (gamma 1) or benign (train honestly).",
+                                choices=FINETUNE_ATTACKS)
     aw_delta: float = _opt(0.0, "Fixed AW threshold Delta (the paper's fixed value is 3); 0 = adaptive search.")
     aw_delta_start: float = _opt(10.0, "Adaptive AW: first Delta.")
     aw_delta_step: float = _opt(0.25, "Adaptive AW: Delta decrement.")
     aw_delta_min: float = _opt(0.5, "Adaptive AW: smallest Delta tried.")
     aw_max_drop: float = _opt(0.01, "Adaptive AW: keep shrinking Delta while validation accuracy stays within this of its start.")
+    aw_keep: str = _opt("crossing", "Adaptive AW: keep the Delta whose accuracy crossed the threshold (Algorithm 1) or "
+                                    "the last one that passed.", choices=AW_KEEPS)
+    aw_stats: str = _opt("all", "mu and sigma of AW over all weights of the layer, a pruned neuron's counted as zero "
+                                "(Sec. IV-C), or over the kept neurons' weights only.", choices=AW_STATS)
     curve_points: int = _opt(16, "Points of the pruning (Fig. 5) and Delta (Fig. 6) curves; 0 = no curves.")
     # --- evaluation and compute ------------------------------------------------------
     eval_every: int = _opt(1, "Evaluate the global model every this many rounds (and after the last).")

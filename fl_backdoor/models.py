@@ -45,18 +45,24 @@ class MnistCNN(nn.Module):
 
 
 class FashionCNN(nn.Module):
-    """3 conv + 2 fc for Fashion-MNIST."""
+    """3 conv + 2 fc for Fashion-MNIST.
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), fc: int = 128, num_classes: int = 10) -> None:
+    conv3's output is 7x7; the third 2x2 pooling drops its row and column 6 (3x3 to the
+    classifier), or with ``ceil_pool`` keeps them (4x4, model "fmnist-cnn-ceil").
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), fc: int = 128, num_classes: int = 10,
+                 ceil_pool: bool = False) -> None:
         super().__init__()
         c1, c2, c3 = widths
+        side = 4 if ceil_pool else 3
         self.features = nn.Sequential(OrderedDict(
             conv1=nn.Conv2d(1, c1, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
             conv2=nn.Conv2d(c1, c2, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
-            conv3=nn.Conv2d(c2, c3, 3, padding=1), relu3=nn.ReLU(), pool3=nn.MaxPool2d(2),
+            conv3=nn.Conv2d(c2, c3, 3, padding=1), relu3=nn.ReLU(), pool3=nn.MaxPool2d(2, ceil_mode=ceil_pool),
         ))
         self.classifier = nn.Sequential(OrderedDict(
-            fc1=nn.Linear(c3 * 3 * 3, fc), relu4=nn.ReLU(), fc2=nn.Linear(fc, num_classes),
+            fc1=nn.Linear(c3 * side * side, fc), relu4=nn.ReLU(), fc2=nn.Linear(fc, num_classes),
         ))
         self.last_conv = "features.conv3"
         self.neuron_outputs = {"features.conv1": "features.relu1", "features.conv2": "features.relu2",
@@ -150,13 +156,13 @@ class ResNet18Slim(nn.Module):
 def build_model(cfg: ExperimentConfig) -> nn.Module:
     """The model named by the config, with its default or configured widths."""
     name, widths = cfg.model_name, cfg.widths
-    expected = {"mnist-cnn": 2, "fmnist-cnn": 3, "resnet18-slim": 4}
+    expected = {"mnist-cnn": 2, "fmnist-cnn": 3, "fmnist-cnn-ceil": 3, "resnet18-slim": 4}
     if widths and name in expected and len(widths) != expected[name]:
         raise ConfigError(f"model-widths: {name} takes {expected[name]} widths, got {len(widths)}")
     if name == "mnist-cnn":
         return MnistCNN(widths or (20, 50))
-    if name == "fmnist-cnn":
-        return FashionCNN(widths or (16, 32, 64))
+    if name in ("fmnist-cnn", "fmnist-cnn-ceil"):
+        return FashionCNN(widths or (16, 32, 64), ceil_pool=name == "fmnist-cnn-ceil")
     if name == "vgg11":
         return VGG11(widths)
     if name == "resnet18-slim":

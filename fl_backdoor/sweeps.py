@@ -51,8 +51,8 @@ PLACEMENT_KEYS = ("output-dir", "run-name", "resume", "init-checkpoint", "data-d
 ATTACK_KEYS = ("attack-label", "trigger", "trigger-origin", "dba-pieces", "poison-per-batch", "gamma", "poison-lr",
                "poison-epochs", "poison-lr-steps", "adaptive-attack", "adaptive-delta", "oracle-checkpoint")
 DEFENSE_KEYS = ("defense", "pruning-method", "pruning-layer", "mvp-rate", "pruning-accuracy", "pruning-max-drop",
-                "finetune-rounds", "finetune-patience", "aw-delta", "aw-delta-start", "aw-delta-step", "aw-delta-min",
-                "aw-max-drop", "curve-points")
+                "pruning-stop", "finetune-rounds", "finetune-patience", "finetune-keep", "finetune-attack", "aw-delta",
+                "aw-delta-start", "aw-delta-step", "aw-delta-min", "aw-max-drop", "aw-keep", "aw-stats", "curve-points")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

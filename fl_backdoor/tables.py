@@ -21,6 +21,8 @@ def result_row(cfg: ExperimentConfig, results: dict[str, dict[str, Any]], second
             row[f"{key}_aa"] = round(100.0 * results[key]["aa"], 2)
     if "fp" in results:
         row["pruned"] = results["fp"]["pruned"]
+    if "ft" in results:
+        row["ft_rounds"], row["ft_kept_round"] = results["ft"]["rounds"], results["ft"].get("kept_round", "")
     for key in ("all", "fp-aw", "aw"):
         if key in results:
             row["zeroed"], row["delta"] = results[key]["zeroed"], results[key]["delta"]

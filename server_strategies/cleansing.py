@@ -2,11 +2,12 @@
 
 1. Federated pruning: a ``query.rank_neurons`` message asks every client for its
    ranking (RAP) or votes (MVP) of the layer's neurons; the server aggregates them
-   and prunes in that order while clean accuracy stays above a threshold.
+   and prunes in that order until clean accuracy drops (per step or cumulatively).
 2. Federated fine-tuning: FedAvg rounds on the pruned model, mask enforced on every
-   client (attackers keep attacking), until accuracy stops improving.
+   client (attackers take part), until accuracy stops improving; the last model
+   (Algorithm 1) or the best one goes on.
 3. Adjusting extreme weights (AW): zero the last conv layer's weights outside
-   mu +/- Delta*sigma, shrinking Delta while accuracy holds (or a fixed Delta).
+   mu +/- Delta*sigma, shrinking Delta until accuracy drops (or a fixed Delta).
 
 Clean accuracy comes from the server's validation set, or (pruning-accuracy =
 clients) from accuracies the clients report in a federated round.  The attack set
@@ -26,7 +27,7 @@ from defenses.candidates import extreme_weights_zeroed, pruned
 from defenses.extreme_weights import delta_schedule, weight_stats, zero_extreme_weights
 from defenses.masks import mask_on
 from defenses.neuron_ranking import MAX_PRUNING_LEVELS, mask_for, mvp_order, pruning_levels, rap_order
-from defenses.stop_rules import Patience, last_passing
+from defenses.stop_rules import Patience, stop_at_drop
 from fl_backdoor import protocol
 from fl_backdoor.federation_data import validation_set
 from fl_backdoor.models import layer_neurons, resolve_layer
@@ -135,13 +136,14 @@ class Cleansing:
             reported = dict(zip(levels, self.client_accuracies("pruning", levels, order)))
             accuracy_of = reported.__getitem__
         base = accuracy_of(0)
-        threshold = base - cfg.pruning_max_drop
-        chosen, seen = last_passing(levels, accuracy_of, threshold)
+        per_step = cfg.pruning_stop == "per-step"
+        chosen, seen = stop_at_drop(levels, accuracy_of, base, cfg.pruning_max_drop, per_step=per_step)
         chosen = chosen or 0
+        reached = dict(seen).get(chosen, base)
         self.pruning_curves(order)
         gm.set_mask(mask_for(order, chosen, self.layer, self.size, gm.mask))
-        self.finish("fp", pruned=chosen, candidates=len(order), clean_accuracy=dict(seen).get(chosen, base),
-                    clean_base=base, clean_threshold=threshold,
+        self.finish("fp", pruned=chosen, candidates=len(order), clean_accuracy=reached, clean_base=base,
+                    clean_threshold=(reached if per_step else base) - cfg.pruning_max_drop, stop=cfg.pruning_stop,
                     note=f"{cfg.pruning_method.upper()} pruned {chosen} of {self.size} neurons of {self.layer}")
 
     def pruning_curves(self, order: list[int]) -> None:
@@ -171,36 +173,43 @@ class Cleansing:
 
     # --- phase 2: federated fine-tuning ---------------------------------------------------------
     def finetune(self) -> None:
-        """FedAvg rounds on the pruned model until clean accuracy stops improving; keep the best.
+        """FedAvg rounds on the pruned model until clean accuracy stops improving.
 
-        The patience counters and the best model are saved every round, so a resumed run
-        continues fine-tuning where it stopped.
+        The model that goes on is the last one (finetune-keep = last, as Algorithm 1's
+        loop leaves it) or the one of best clean accuracy, round 0 included (best).
+        The patience counters (and, for 'best', the best model) are saved every round, so a
+        resumed run continues fine-tuning where it stopped.
         """
         cfg, gm, state = self.cfg, self.run.global_model, self.run.state
+        keep_best = cfg.finetune_keep == "best"
         if state.finetune:
             rule = Patience(cfg.finetune_patience, cfg.finetune_rounds, baseline=state.finetune["best"])
             rule.best_round, rule.rounds = state.finetune["best_round"], state.finetune["rounds"]
         else:
             rule = Patience(cfg.finetune_patience, cfg.finetune_rounds, baseline=self.model_accuracy())
-            self.run.checkpoint("ft-best", phase="finetune")
+            if keep_best:
+                self.run.checkpoint("ft-best", phase="finetune")
         while not rule.stop:
             self.run.federated_round("finetune", gm.round + 1)
-            if rule.update(self.model_accuracy()):
+            if rule.update(self.model_accuracy()) and keep_best:
                 self.run.checkpoint("ft-best", phase="finetune")
             state.finetune = {"best": rule.best, "best_round": rule.best_round, "rounds": rule.rounds}
             state.save(self.run.run_dir)
-        best = load_checkpoint(self.run.run_dir.checkpoint("ft-best"))
-        gm.model.load_state_dict(best["state_dict"])
-        self.finish("ft", rounds=rule.rounds, best_round=int(best["round"]), clean_accuracy=rule.best,
-                    note=f"fine-tuned {rule.rounds} rounds, kept the model of round {best['round']}")
+        kept_round = rule.kept_round(cfg.finetune_keep)
+        if keep_best:
+            gm.model.load_state_dict(load_checkpoint(self.run.run_dir.checkpoint("ft-best"))["state_dict"])
+        self.finish("ft", rounds=rule.rounds, best_round=rule.best_round, kept_round=kept_round, best_accuracy=rule.best,
+                    keep=cfg.finetune_keep,
+                    note=f"fine-tuned {rule.rounds} rounds (best validation in round {rule.best_round}), "
+                         f"kept the model of round {kept_round}")
 
     # --- phase 3: adjusting extreme weights -----------------------------------------------------
     def adjust_weights(self, name: str) -> None:
-        """AW on the last conv layer: a fixed Delta, or the smallest Delta that keeps clean accuracy."""
+        """AW on the last conv layer: a fixed Delta, or Delta shrunk until clean accuracy drops (aw-keep)."""
         cfg, gm = self.cfg, self.run.global_model
         weight = gm.model.get_submodule(self.aw_layer).weight
         mask = mask_on(gm.mask, self.aw_layer)
-        stats = weight_stats(weight, mask)
+        stats = weight_stats(weight, mask, cfg.aw_stats)
         deltas = delta_schedule(cfg.aw_delta_start, cfg.aw_delta_step, cfg.aw_delta_min)
         if cfg.aw_delta > 0:
             chosen, base, threshold = cfg.aw_delta, float("nan"), float("nan")
@@ -213,7 +222,7 @@ class Cleansing:
                 accuracy_of = dict(zip(deltas, self.client_accuracies("aw", deltas))).__getitem__
             base = self.model_accuracy()
             threshold = base - cfg.aw_max_drop
-            chosen, _ = last_passing(deltas, accuracy_of, threshold)
+            chosen, _ = stop_at_drop(deltas, accuracy_of, base, cfg.aw_max_drop, keep_crossing=cfg.aw_keep == "crossing")
         self.delta_curve(name, deltas, stats)
         zeroed = zero_extreme_weights(gm.model, self.aw_layer, stats, chosen, mask) if chosen is not None else 0
         self.finish(name, delta=chosen, zeroed=zeroed, mu=stats.mu, sigma=stats.sigma, clean_base=base,

@@ -1,9 +1,12 @@
 """Model replacement scaling and the attack schedule."""
 
+import pytest
 import torch
 
-from fl_backdoor.attacks import attacker_trigger, is_attacking, poison_settings, scale_update
+from clients.local_training import run_local_job
+from fl_backdoor.attacks import attack_gamma, attacker_trigger, is_attacking, poison_settings, scale_update
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.models import build_model
 
 
 def test_scale_update_matches_formula():
@@ -34,6 +37,10 @@ def test_schedule_and_pieces():
     assert [r for r in range(1, 11) if is_attacking(cfg, 5, r, "train")] == [3, 4, 9]
     assert not is_attacking(cfg, 1, 3, "train")
     assert is_attacking(cfg, 5, 6, "finetune"), "attackers keep attacking during fine-tuning"
+    assert not is_attacking(cfg.replace(finetune_attack="benign"), 5, 6, "finetune")
+    assert is_attacking(cfg.replace(finetune_attack="benign"), 5, 3, "train"), "training attacks are unchanged"
+    assert [attack_gamma(cfg.replace(finetune_attack=k), "finetune") for k in ("replace", "poison")] == [5.0, 1.0]
+    assert attack_gamma(cfg.replace(finetune_attack="poison"), "train") == 5.0
     assert [cfg.dba_piece_of(a) for a in (2, 5, 7, 8)] == [0, 1, 2, 3]
     single_shot = cfg.replace(attack_rounds="3/5/7-8/9")
     assert [[r for r in range(1, 11) if is_attacking(single_shot, a, r, "train")] for a in (2, 5, 7, 8)] == \
@@ -46,3 +53,19 @@ def test_poison_lr_steps_at_20_and_80_percent():
     assert poison_settings(cfg).lr_milestones == (2, 8)
     decayed = cfg.replace(lr_decay=0.5)
     assert poison_settings(decayed, 3).lr == cfg.poison_lr * 0.25
+
+
+def test_fine_tuning_attacker_boosts_only_when_it_replaces(data_dir):
+    base = {"data-dir": data_dir, "data-fraction": 0.02, "num-clients": 2, "gamma": 2, "poison-epochs": 1}
+    state = build_model(ExperimentConfig.from_flat(base)).state_dict()
+
+    def job(kind, phase):
+        return run_local_job(ExperimentConfig.from_flat({**base, "finetune-attack": kind}), 0, state, 1, phase)
+    replace, poison, benign = (job(k, "finetune") for k in ("replace", "poison", "benign"))
+    assert replace.attacked and poison.attacked and not benign.attacked
+    boosted = scale_update(state, poison.state, 2.0)
+    assert all(torch.equal(replace.state[k], boosted[k]) for k in state), "replace: G + gamma (L - G)"
+    assert any(not torch.equal(poison.state[k], boosted[k]) for k in state), "poison submits L itself"
+    trained, reference = job("poison", "train"), job("replace", "train")
+    assert trained.attacked and all(torch.equal(trained.state[k], reference.state[k]) for k in state), \
+        "training rounds boost whatever finetune-attack says"

@@ -7,7 +7,6 @@ from clients.local_training import run_local_job
 from defenses.candidates import extreme_weights_zeroed, pruned
 from defenses.extreme_weights import delta_schedule, extreme_mask, weight_stats, zero_extreme_weights
 from defenses.masks import NeuronMask, install_mask
-from defenses.stop_rules import Patience, last_passing
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.models import build_model
 
@@ -96,6 +95,15 @@ def test_aw_statistics_and_zeroing_skip_pruned_neurons():
     assert not extreme_mask(w, stats, 0.5, mask)[1].any(), "pruned rows are left alone"
 
 
+def test_aw_statistics_over_all_weights_count_pruned_neurons_as_zeros():
+    w = torch.tensor([[1.0, 3.0], [50.0, -50.0], [2.0, 2.0]])
+    stats = weight_stats(w, NeuronMask("fc", 3, (1,)), scope="all")
+    assert stats.mu == pytest.approx(8.0 / 6.0)  # (1 + 3 + 0 + 0 + 2 + 2) / 6
+    values = torch.tensor([1.0, 3.0, 0.0, 0.0, 2.0, 2.0], dtype=torch.float64)
+    assert stats.sigma == pytest.approx(values.std(unbiased=False).item())
+    assert weight_stats(w, None, scope="all") == weight_stats(w), "without pruning both scopes agree"
+
+
 def test_aw_candidate_context_restores_weights():
     model = build_model(ExperimentConfig())
     weight = model.get_submodule(model.last_conv).weight
@@ -106,17 +114,5 @@ def test_aw_candidate_context_restores_weights():
     assert torch.equal(weight.detach(), saved)
 
 
-def test_stop_rules():
-    accs = {0: 0.90, 1: 0.90, 2: 0.89, 3: 0.87, 4: 0.91}
-    chosen, seen = last_passing([0, 1, 2, 3, 4], accs.__getitem__, threshold=0.88)
-    assert chosen == 2 and [k for k, _ in seen] == [0, 1, 2, 3], "stops at the first failure"
-    assert last_passing([5.0, 4.0], {5.0: 0.1, 4.0: 0.9}.__getitem__, 0.5)[0] is None
+def test_delta_schedule():
     assert delta_schedule(5.0, 0.25, 4.0) == [5.0, 4.75, 4.5, 4.25, 4.0]
-    rule = Patience(patience=2, max_rounds=10, baseline=0.5)
-    assert rule.update(0.6) and not rule.stop
-    assert not rule.update(0.55) and not rule.stop
-    assert not rule.update(0.6) and rule.stop and rule.best_round == 1
-    capped = Patience(patience=5, max_rounds=2, baseline=0.0)
-    capped.update(0.1)
-    capped.update(0.2)
-    assert capped.stop

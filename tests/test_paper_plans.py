@@ -46,3 +46,26 @@ def test_table5_defends_each_model_with_rap_and_with_mvp():
 def test_every_target_builds_at_every_scale(scale):
     for target in TARGETS:
         assert plan(target, scale).experiments, f"{target} at {scale} has no experiments"
+
+
+def test_ablation_changes_one_factor_at_a_time_on_the_same_trained_models():
+    from paper import FACTORS
+    from fl_backdoor.sweeps import DEFENSE_KEYS
+
+    runs = plan("ablation").experiments
+    assert len(runs) == len(FACTORS) * 2 * 9
+    table2 = plan("table2").experiments
+    assert {e.name for e in runs} >= {e.name for e in table2}, "the chosen factor with RAP is Table II itself"
+    defaults = table2[0].cfg.to_flat()
+    shared = {e.parent.name for e in table2}
+    for e in runs:
+        name = "chosen" if "-abl-" not in e.label else e.label.split("-abl-")[1].rsplit("-", 1)[0]
+        factor = FACTORS[name]
+        flat = e.cfg.to_flat()
+        expected = {**{k: defaults[k] for k in DEFENSE_KEYS}, **factor.defense}
+        assert {k: flat[k] for k in DEFENSE_KEYS if k != "pruning-method"} == \
+            {k: v for k, v in expected.items() if k != "pruning-method"}, e.label
+        assert all(e.parent.cfg.to_flat()[k] == v for k, v in factor.training.items())
+        assert (e.parent.name in shared) == (not factor.training), "only trigger and model factors retrain"
+    assert {e.cfg.pruning_method for e in runs} == {"rap", "mvp"}
+    assert {e.parent.cfg.trigger_origin for e in runs if "trigger-27-27" in e.label} == {"26,26"}
