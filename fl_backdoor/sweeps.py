@@ -276,6 +276,17 @@ def actors_for(exp: Experiment, cpus: float, parallel: int) -> int:
     return max(1, min(cfg.num_clients, math.floor(cpus / parallel / cfg.client_cpus + 1e-9)))
 
 
+def finished_runs(experiments: Sequence[Experiment], results_dir: str | Path) -> SweepOutcome:
+    """The outcome of the experiments that have finished already, running nothing."""
+    results_dir = Path(results_dir).expanduser().resolve()
+    outcome = SweepOutcome(results_dir)
+    for exp in with_parents(experiments):
+        if is_finished(results_dir / RUNS_DIR / exp.name):
+            outcome.finished[exp.name] = results_dir / RUNS_DIR / exp.name
+            outcome.skipped.append(exp.name)
+    return outcome
+
+
 def run_sweep(experiments: Sequence[Experiment], runner: Runner, results_dir: str | Path, *,
               parallel: int | None = None, progress: bool = True) -> SweepOutcome:
     """Run every experiment (and its parents) as Ray tasks, at most ``parallel`` at once.
@@ -288,11 +299,7 @@ def run_sweep(experiments: Sequence[Experiment], runner: Runner, results_dir: st
     results_dir = Path(results_dir).expanduser().resolve()
     runs_dir, logs_dir = results_dir / RUNS_DIR, results_dir / LOGS_DIR
     jobs = with_parents(experiments)
-    outcome = SweepOutcome(results_dir)
-    for exp in jobs:
-        if is_finished(runs_dir / exp.name):
-            outcome.finished[exp.name] = runs_dir / exp.name
-            outcome.skipped.append(exp.name)
+    outcome = finished_runs(jobs, results_dir)
     todo = [e for e in jobs if e.name not in outcome.finished]
     if not todo:
         return outcome

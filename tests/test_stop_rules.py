@@ -1,5 +1,6 @@
 """The cleansing stop rules on hand-made accuracy curves: pruning, AW and fine-tuning."""
 
+import numpy as np
 import pytest
 
 from defenses.stop_rules import Patience, last_passing, stop_at_drop
@@ -78,3 +79,13 @@ def test_patience_counts_rounds_since_the_best():
     assert rule.update(0.6) and not rule.stop
     assert not rule.update(0.55) and not rule.stop
     assert not rule.update(0.6) and rule.stop and rule.best_round == 1, "equal to the best is no improvement"
+
+
+def test_cumulative_passing_rule_is_the_previous_rule_on_random_curves():
+    """The earlier pruning and AW stop (last_passing at base - max_drop) is still what cumulative/passing does."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        curve = dict(enumerate(0.9 - np.cumsum(rng.uniform(0.0, 0.006, size=20))))
+        base = curve[0]
+        assert stop_at_drop(list(curve), curve.__getitem__, base, 0.01) == \
+            last_passing(list(curve), curve.__getitem__, base - 0.01)

@@ -7,8 +7,8 @@ import pytest
 
 from fl_backdoor.config import ConfigError, ExperimentConfig, UserError
 from fl_backdoor.run_dir import read_csv
-from fl_backdoor.sweeps import (Experiment, actors_for, clean_pretraining, default_parallel, run_sweep, submission,
-                                with_parents)
+from fl_backdoor.sweeps import (Experiment, actors_for, clean_pretraining, default_parallel, finished_runs, run_sweep,
+                                submission, with_parents)
 
 FAILING_SEED = 13
 
@@ -90,6 +90,18 @@ def test_parents_come_once_and_first():
     order = with_parents(kids + [kids[0]])
     assert [e.label for e in order] == ["p", "a", "b"]
     assert kids[0].cfg.num_rounds == 0 and kids[0].parent is parent
+
+
+def test_finished_runs_lists_only_runs_with_results_and_runs_nothing(tmp_path):
+    parent = exp("p")
+    done, running = parent.child("a", seed=1), parent.child("b", seed=2)
+    for e, files in ((parent, ["results.json"]), (done, ["results.json"]), (running, ["checkpoints/latest.pt"])):
+        for name in files:
+            (tmp_path / "runs" / e.name / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "runs" / e.name / name).write_text("{}")
+    outcome = finished_runs([done, running], tmp_path)
+    assert set(outcome.finished) == {parent.name, done.name} and outcome.run_dir(running) is None
+    assert not (tmp_path / "logs").exists(), "nothing ran"
 
 
 def test_submission_continues_a_checkpointed_run_and_restarts_one_without_checkpoint(tmp_path):
