@@ -617,7 +617,7 @@ def adaptive(setup: Setup) -> Plan:
     return Plan([e for case in cases.values() for e in case.values()], report, then=oracle)
 
 # --- the cleansing-fidelity ablation (README "Which reading of the paper") --------------------------------
-# The behaviour before the faithful defaults: every factor below but the first two is measured as a change of it alone.
+# The behaviour before the faithful defaults: every factor below but the first three is measured as a change of it alone.
 PREVIOUS = {"pruning-stop": "cumulative", "finetune-keep": "best", "aw-keep": "passing", "aw-stats": "kept"}
 
 
@@ -634,6 +634,8 @@ FACTORS = {
     "chosen": Factor("the defaults (all faithful readings together)"),
     "chosen-cumulative": Factor("the defaults with the cumulative pruning stop (Algorithm 1's fixed threshold)",
                                 {"pruning-stop": "cumulative"}),
+    "chosen-ft-poison": Factor("the defaults with attackers that poison without boosting during fine-tuning",
+                               {"finetune-attack": "poison"}),
     "previous": Factor("previous behaviour", dict(PREVIOUS)),
     "per-step-stop": Factor("pruning stops at a 1-point drop from the previous count",
                             {**PREVIOUS, "pruning-stop": "per-step"}),
