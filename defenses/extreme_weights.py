@@ -3,8 +3,9 @@
 mu and sigma are the mean and standard deviation of the layer's weights, computed
 once: over "all the weights in the last convolutional layer" (Sec. IV-C), a pruned
 neuron's weights counted as the zeros that pruning by zeroing leaves, or over the
-kept neurons' weights only.  Only kept neurons' weights are ever zeroed.  The adaptive search starts from a large Delta and shrinks it by a step while
-clean accuracy stays above a threshold, keeping the smallest Delta that passed.
+kept neurons' weights only.  Only kept neurons' weights are ever zeroed.  The adaptive
+search (server_strategies.cleansing) starts from a large Delta and shrinks it until
+clean accuracy drops.
 """
 
 from __future__ import annotations

@@ -676,34 +676,28 @@ def ablation(setup: Setup) -> Plan:
                 cases.append((name, method, run))
 
     def report(outcome: SweepOutcome, out: Path) -> None:
-        rows, averages, missing = [], [], []
+        keys = [f"{p}_{m}" for p in ABLATION_PHASES for m in ("ta", "aa")] + ["pruned", "ft_rounds"]
+        pair_columns = phase_columns(ABLATION_PHASES) + [Column("Pruned", "pruned", "d"), Column("Delta", "delta", ".2f"),
+                                                         Column("FT rounds", "ft_rounds", "d")]
+        rows, averages, missing, sections = [], [], [], []
         for name in names:
             for method in ("rap", "mvp"):
                 runs = [e for n, m, e in cases if n == name and m == method]
                 mine = [r for r in (row_of(outcome, e) for e in runs) if r is not None]
                 missing += [e.name for e in runs if outcome.run_dir(e) is None]
                 rows += [{"factor": name, "method": method, **r} for r in mine]
-                keys = [f"{p}_{m}" for p in ABLATION_PHASES for m in ("ta", "aa")] + ["pruned", "ft_rounds"]
                 averages.append({"factor": name, "method": method.upper(), "pairs": len(mine),
                                  **{k: _mean([r.get(k) for r in mine]) for k in keys}})
+                if mine:
+                    sections.append(f"## {name}, {method.upper()}: {FACTORS[name].title}\n\n"
+                                    + markdown_columns(mine, pair_columns))
         columns = ([Column("Factor", "factor"), Column("Method", "method"), Column("Pairs", "pairs", "d")]
                    + phase_columns(ABLATION_PHASES)[2:]
                    + [Column("Pruned", "pruned"), Column("FT rounds", "ft_rounds")])
-        legend = "\n".join(f"- {n}: {FACTORS[n].title}" for n in names)
         write_table(out, "Cleansing ablation on Table II (Fashion-MNIST): averages over the finished pairs",
                     averages, columns, labels=2, missing=missing, average=False)
-        atomic_write_text(out / "factors.md", legend + "\n")
+        atomic_write_text(out / "factors.md", "\n".join(f"- {n}: {FACTORS[n].title}" for n in names) + "\n")
         write_csv(out / "pairs.csv", rows)
-        sections = []
-        for name in names:
-            for method in ("rap", "mvp"):
-                mine = [r for r in rows if r["factor"] == name and r["method"] == method]
-                if mine:
-                    cols = phase_columns(ABLATION_PHASES) + [Column("Pruned", "pruned", "d"),
-                                                             Column("Delta", "delta", ".2f"),
-                                                             Column("FT rounds", "ft_rounds", "d")]
-                    sections.append(f"## {name}, {method.upper()}: {FACTORS[name].title}\n\n"
-                                    + markdown_columns(mine, cols))
         atomic_write_text(out / "pairs.md", "# Cleansing ablation, per pair\n\n" + "\n".join(sections))
     return Plan([e for _, _, e in cases], report)
 
