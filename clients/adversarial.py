@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from defenses.masks import NeuronMask
+from fl_backdoor.masks import NeuronMask
 from defenses.neuron_ranking import local_votes, mean_activations, votes_to_prune
 from fl_backdoor.attacks import attacker_trigger
 from fl_backdoor.config import ExperimentConfig

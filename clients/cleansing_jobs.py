@@ -10,7 +10,7 @@ from clients.adversarial import backdoor_excess, corrupt_report, manipulated_act
 from clients.local_training import client_model
 from defenses.candidates import aw_accuracies, pruning_accuracies
 from defenses.extreme_weights import weight_stats
-from defenses.masks import NeuronMask, mask_on
+from fl_backdoor.masks import NeuronMask, mask_on
 from defenses.neuron_ranking import local_ranking, local_votes, mean_activations
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data

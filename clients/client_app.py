@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 
 from clients.cleansing_jobs import candidate_report, neuron_report
 from clients.local_training import local_accuracy, run_local_job
-from defenses.masks import NeuronMask
+from fl_backdoor.masks import NeuronMask
 from fl_backdoor.allocator import keep_freed_memory
 from fl_backdoor import protocol
 from fl_backdoor.config import ExperimentConfig

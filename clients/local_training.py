@@ -10,7 +10,7 @@ import torch
 
 from clients.adversarial import (MODEL_FAULTS, PROCESS_FAULTS, break_process, clip_to_band, clip_to_band_state,
                                  corrupt_state, estimated_mask, oracle_mask)
-from defenses.masks import NeuronMask, install_mask
+from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.attacks import attack_gamma, is_attacking, poison_settings, poisoned_training_data, scale_update
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data

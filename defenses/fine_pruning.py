@@ -3,7 +3,7 @@
 The channels of one layer (the last conv layer by default) are pruned in increasing
 order of their mean activation on the clean set until clean accuracy would fall more
 than ``max_drop`` below the unpruned model's; the pruned model is then fine-tuned on the
-same clean set.  Pruned channels are silenced by a persistent mask (defenses.masks), so
+same clean set.  Pruned channels are silenced by a persistent mask (fl_backdoor.masks), so
 fine-tuning cannot revive them.
 """
 

@@ -33,7 +33,7 @@ from defenses.anp import (PRUNING_RULES, ANPSettings, NeuronUnit, PruningRule, a
 from defenses.fine_pruning import MAX_DROP, fine_pruning
 from defenses.fine_tuning import FINE_TUNING, fine_tune
 from defenses.hasnet import HaSNetIteration, HaSNetSettings, collected_data, hasnet_train
-from defenses.masks import NeuronMask, install_mask
+from fl_backdoor.masks import NeuronMask, install_mask
 from defenses.neural_cleanse import NCSettings, neural_cleanse
 from fl_backdoor.cli import add_config_arguments, config_from_cli, run_cli
 from fl_backdoor.config import NUM_CLASSES, ExperimentConfig, UserError, config_from_args

@@ -15,7 +15,7 @@ import json
 
 from flwr.app import ConfigRecord
 
-from defenses.masks import NeuronMask
+from fl_backdoor.masks import NeuronMask
 from fl_backdoor.config import ExperimentConfig
 
 ARRAYS = "arrays"

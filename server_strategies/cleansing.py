@@ -25,7 +25,7 @@ from flwr.app import ConfigRecord
 
 from defenses.candidates import extreme_weights_zeroed, pruned
 from defenses.extreme_weights import delta_schedule, weight_stats, zero_extreme_weights
-from defenses.masks import mask_on
+from fl_backdoor.masks import mask_on
 from defenses.neuron_ranking import MAX_PRUNING_LEVELS, mask_for, mvp_order, pruning_levels, rap_order
 from defenses.stop_rules import Patience, stop_at_drop
 from fl_backdoor import protocol

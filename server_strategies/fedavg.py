@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from defenses.masks import NeuronMask
+from fl_backdoor.masks import NeuronMask
 from fl_backdoor import protocol
 from fl_backdoor.attacks import is_attacking
 from fl_backdoor.config import ExperimentConfig

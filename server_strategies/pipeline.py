@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from flwr.serverapp import Grid
 
-from defenses.masks import NeuronMask
+from fl_backdoor.masks import NeuronMask
 from fl_backdoor.allocator import keep_freed_memory
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.datasets import resolve_data_dir

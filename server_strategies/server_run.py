@@ -11,7 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from defenses.masks import NeuronMask, install_mask
+from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.attacks import is_attacking
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.evaluation import Evaluator

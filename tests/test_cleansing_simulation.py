@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from defenses.masks import NeuronMask, install_mask
+from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.models import build_model
 from fl_backdoor.run_dir import load_checkpoint, read_csv
