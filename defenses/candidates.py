@@ -13,8 +13,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from fl_backdoor.masks import current_mask, install_mask, mask_on
+
 from .extreme_weights import WeightStats, zero_extreme_weights
-from .masks import current_mask, install_mask, mask_on
 from .neuron_ranking import mask_for
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .masks import NeuronMask
+from fl_backdoor.masks import NeuronMask
 
 
 @dataclass(frozen=True)

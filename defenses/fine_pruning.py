@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fl_backdoor.masks import NeuronMask, current_mask, install_mask, mask_on
 from fl_backdoor.models import layer_neurons, resolve_layer
 from fl_backdoor.training import SGDSettings, accuracy
 
 from .candidates import pruned
 from .fine_tuning import fine_tune
-from .masks import NeuronMask, current_mask, install_mask, mask_on
 from .neuron_ranking import mask_for, mean_activations, pruning_levels
 from .stop_rules import last_passing
 
