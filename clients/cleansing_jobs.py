@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from clients.adversarial import backdoor_excess, corrupt_report, manipulated_activations
+from clients.behaviours import conduct_of
 from clients.local_training import client_model
 from defenses.candidates import aw_accuracies, pruning_accuracies
 from defenses.extreme_weights import weight_stats
@@ -23,12 +23,10 @@ def neuron_report(cfg: ExperimentConfig, client_id: int, state: dict[str, torch.
     """RAP: rank position of every neuron (1 = most active); MVP: a 0/1 prune vote per neuron."""
     model = client_model(cfg, state, mask)
     x, _ = client_data(cfg, client_id, pick_device(cfg.device))
-    if client_id in cfg.attackers and cfg.adaptive_attack == "rank-manipulation":
-        activations = manipulated_activations(*backdoor_excess(model, layer, x, cfg, client_id))
-    else:
-        activations = mean_activations(model, layer, x, cfg.eval_batch_size)
+    conduct = conduct_of(cfg, client_id)
+    activations = conduct.activations(model, layer, x, mean_activations(model, layer, x, cfg.eval_batch_size))
     report = local_ranking(activations) if method == "rap" else local_votes(activations, rate)
-    return corrupt_report(cfg.malformed_kind(client_id), method, report, rate)
+    return conduct.neuron_report(method, report, rate)
 
 
 def candidate_report(cfg: ExperimentConfig, client_id: int, state: dict[str, torch.Tensor],
@@ -48,6 +46,4 @@ def candidate_report(cfg: ExperimentConfig, client_id: int, state: dict[str, tor
         weight = model.get_submodule(layer).weight
         stats = weight_stats(weight, mask_on(mask, layer), cfg.aw_stats)
         accs = aw_accuracies(model, layer, stats, list(candidates), measure)
-    if cfg.malformed_kind(client_id) == "bad-accuracy":
-        accs = [1.5] * len(accs)
-    return accs, int(y.shape[0])
+    return conduct_of(cfg, client_id).candidate_accuracies(accs), int(y.shape[0])

@@ -7,7 +7,7 @@ import torch
 from .config import ExperimentConfig, parse_int_list
 from .poisoning import BatchPoisoner, victim_copies
 from .training import BatchTransform, SGDSettings
-from .triggers import Trigger, trigger_for
+from .triggers import Trigger, trigger_for, trigger_pieces
 
 
 def image_size(cfg: ExperimentConfig) -> int:
@@ -17,12 +17,12 @@ def image_size(cfg: ExperimentConfig) -> int:
 
 def attacker_trigger(cfg: ExperimentConfig, client_id: int) -> Trigger:
     """The trigger an attacker stamps: its DBA piece, or the whole pattern."""
-    piece = cfg.dba_piece_of(client_id) if cfg.trigger == "dba" else None
+    piece = cfg.dba_piece_of(client_id) if trigger_pieces(cfg.trigger) else None
     return trigger_for(cfg.trigger, image_size(cfg), parse_int_list(cfg.trigger_origin, "trigger-origin"), piece)
 
 
 def test_trigger(cfg: ExperimentConfig, piece: int | None = None) -> Trigger:
-    """The trigger used at test time (DBA: the union of the pieces, or one piece)."""
+    """The trigger used at test time (a distributed one: the whole pattern, or one piece)."""
     return trigger_for(cfg.trigger, image_size(cfg), parse_int_list(cfg.trigger_origin, "trigger-origin"), piece)
 
 

@@ -14,25 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
+
+from .errors import ConfigError, UserError
+from .registry import Registry, load_plugins, unknown_choice
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 DEFAULT_MODEL = {"mnist": "mnist-cnn", "fashion-mnist": "fmnist-cnn", "cifar10": "vgg11"}
-MODELS = ("mnist-cnn", "fmnist-cnn", "fmnist-cnn-ceil", "vgg11", "resnet18-slim")
-MODEL_INPUT = {  # model -> (channels, height) it is built for
-    "mnist-cnn": (1, 28),
-    "fmnist-cnn": (1, 28),
-    "fmnist-cnn-ceil": (1, 28),
-    "vgg11": (3, 32),
-    "resnet18-slim": (3, 32),
-}
 PARTITIONS = ("iid", "k-labels", "dirichlet")
-AGGREGATIONS = ("paper", "dba")
 ATTACK_MODES = ("victim", "all-to-one")
-TRIGGERS = ("pixel-1", "pixel-3", "pixel-5", "pixel-7", "pixel-9", "dba")
-DEFENSE_MODES = ("train-only", "fp", "fp-aw", "all", "aw")
 PRUNING_METHODS = ("rap", "mvp")
 PRUNING_ACCURACY_SOURCES = ("server", "clients")
 PRUNING_STOPS = ("per-step", "cumulative")
@@ -40,24 +34,49 @@ FINETUNE_KEEPS = ("last", "best")
 FINETUNE_ATTACKS = ("replace", "poison", "benign")
 AW_STATS = ("all", "kept")
 AW_KEEPS = ("crossing", "passing")
-ADAPTIVE_ATTACKS = ("none", "rank-manipulation", "pruning-aware", "pruning-aware-oracle", "aw-aware")
-MALFORMED_REPLIES = (
-    "none", "wrong-names", "wrong-shape", "wrong-dtype", "non-finite",
-    "bad-ranking", "bad-votes", "bad-accuracy", "raise", "hang", "crash",
-)
 NUM_CLASSES = 10
+ROLES = {
+    "placement": "where or how a run executes, not what it computes (not part of a sweep run's identity)",
+    "sweep": "set by a sweep for each of its runs",
+    "split": "the server's validation set and the clients' pool (data cache)",
+    "partition": "which client holds which data (data cache)",
+    "test-set": "the test set (data cache)",
+    "model": "the network",
+    "federation": "rounds, sampling and aggregation",
+    "training": "honest local training",
+    "schedule": "which attackers poison when",
+    "attack": "what the attackers do (reset to defaults in a clean pretraining)",
+    "faults": "invalid replies sent by attackers",
+    "cleansing": "the post-training defense (ignored by a training-only run's identity)",
+    "evaluation": "what is measured when",
+}
+
+__all__ = ["ConfigError", "ExperimentConfig", "UserError"]
 
 
-class UserError(Exception):
-    """Bad input from the user (config, data, checkpoint): reported as one line, no traceback."""
+def registry(module: str, name: str) -> Registry[Any]:
+    """A component registry, imported when first needed (the components import this module)."""
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
-class ConfigError(UserError, ValueError):
-    """A configuration value is invalid; the message names the key."""
+def _registered(module: str, name: str, role: str | None = None, extra: tuple[str, ...] = ()
+                ) -> Callable[[], tuple[str, ...]]:
+    """Choices read from a registry (optionally only entries of one role), plus fixed extras."""
+    def choices() -> tuple[str, ...]:
+        reg = registry(module, name)
+        return extra + tuple(n for n in reg.names() if role is None or reg.meta(n).get("role") == role)
+    return choices
 
 
-def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
-    return field(default=default, metadata={"help": help, **kw})
+MODEL_CHOICES = _registered("fl_backdoor.models", "MODELS")
+TRIGGER_CHOICES = _registered("fl_backdoor.triggers", "TRIGGERS")
+AGGREGATION_CHOICES = _registered("server_strategies.aggregators", "AGGREGATORS")
+ADAPTIVE_CHOICES = _registered("clients.behaviours", "BEHAVIOURS", "adaptive", ("none",))
+MALFORMED_CHOICES = _registered("clients.behaviours", "BEHAVIOURS", "malformed", ("none",))
+
+
+def _opt(roles: str, default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    return field(default=default, metadata={"help": help, "roles": tuple(roles.split()), **kw})
 
 
 @dataclass(frozen=True)
@@ -65,99 +84,106 @@ class ExperimentConfig:
     """Every setting of a run: data, federation, attack, defense and output."""
 
     # --- run ---------------------------------------------------------------
-    seed: int = _opt(0, "Seed of everything random: partitions, model init, sampling, training.")
-    output_dir: str = _opt("runs", "Directory under which each run gets its own directory.")
-    run_name: str = _opt("", "Name of the run directory; empty = <time>-<dataset>-<mode>.")
-    resume: bool = _opt(False, "Continue the run in output-dir/run-name from its last completed round or phase.")
-    init_checkpoint: str = _opt("", "Start from this saved global model (.pt); rounds continue its numbering.")
+    seed: int = _opt("split test-set", 0, "Seed of everything random: partitions, model init, sampling, training.")
+    output_dir: str = _opt("placement sweep", "runs", "Directory under which each run gets its own directory.")
+    run_name: str = _opt("placement sweep", "", "Name of the run directory; empty = <time>-<dataset>-<mode>.")
+    resume: bool = _opt("placement sweep", False, "Continue the run in output-dir/run-name from its last completed round or phase.")
+    init_checkpoint: str = _opt("placement sweep", "", "Start from this saved global model (.pt); rounds continue its numbering.")
+    plugins: str = _opt("placement", "", "Comma-separated modules or .py files imported first in every process; the "
+                                         "components they register become valid choices (README: Extending).")
     # --- data ----------------------------------------------------------------
-    dataset: str = _opt("fashion-mnist", "mnist | fashion-mnist | cifar10.", choices=DATASETS)
-    data_dir: str = _opt("", "Dataset directory; empty = $FL_BACKDOOR_DATA_DIR, else ./data.")
-    download: bool = _opt(True, "Download a missing dataset (with checksum checks).")
-    data_fraction: float = _opt(1.0, "Use this stratified fraction of the training set (smaller = faster).")
-    validation_fraction: float = _opt(0.01, "Share of the training set held out as the server's clean set (validation, centralized defenses).")
-    test_subset: int = _opt(0, "Evaluate on this many test images (stratified); 0 = the whole test set.")
-    partition: str = _opt("k-labels", "iid | k-labels (the paper) | dirichlet (DBA).", choices=PARTITIONS)
-    labels_per_client: int = _opt(3, "K of the k-labels partition.")
-    equal_size: bool = _opt(True, "k-labels: every client gets the same number of samples.")
-    dirichlet_alpha: float = _opt(0.5, "Concentration of the Dirichlet partition.")
+    dataset: str = _opt("split test-set", "fashion-mnist", "mnist | fashion-mnist | cifar10.", choices=DATASETS)
+    data_dir: str = _opt("placement split test-set", "", "Dataset directory; empty = $FL_BACKDOOR_DATA_DIR, else ./data.")
+    download: bool = _opt("placement split test-set", True, "Download a missing dataset (with checksum checks).")
+    data_fraction: float = _opt("split", 1.0, "Use this stratified fraction of the training set (smaller = faster).")
+    validation_fraction: float = _opt("split", 0.01, "Share of the training set held out as the server's clean set (validation, centralized defenses).")
+    test_subset: int = _opt("test-set", 0, "Evaluate on this many test images (stratified); 0 = the whole test set.")
+    partition: str = _opt("partition", "k-labels", "iid | k-labels (the paper) | dirichlet (DBA).", choices=PARTITIONS)
+    labels_per_client: int = _opt("partition", 3, "K of the k-labels partition.")
+    equal_size: bool = _opt("partition", True, "k-labels: every client gets the same number of samples.")
+    dirichlet_alpha: float = _opt("partition", 0.5, "Concentration of the Dirichlet partition.")
     # --- model ---------------------------------------------------------------
-    model: str = _opt("", "mnist-cnn | fmnist-cnn | vgg11 | resnet18-slim; empty = the dataset's default.")
-    model_widths: str = _opt("", "Conv widths, e.g. '8,16' (small) or '20,50' (large) for mnist-cnn; empty = model default.")
+    model: str = _opt("model", "", "A registered model (fl_backdoor/models); empty = the dataset's default.")
+    model_widths: str = _opt("model", "", "Conv widths, e.g. '8,16' (small) or '20,50' (large) for mnist-cnn; empty = model default.")
     # --- federation ------------------------------------------------------------
-    num_clients: int = _opt(10, "Number of clients (data partitions).")
-    num_rounds: int = _opt(60, "Training rounds run by this invocation.")
-    fraction: float = _opt(1.0, "Fraction of clients sampled per round (1.0 = all, the paper's simplification).")
-    aggregation: str = _opt("paper", "paper: G += 1/n sum(L-G); dba: G += eta/n sum(L-G).", choices=AGGREGATIONS)
-    server_lr: float = _opt(1.0, "eta of the dba aggregation (the DBA reference uses 0.1).")
-    min_replies: int = _opt(1, "Skip a round (keep the model) when fewer valid replies arrive.")
-    round_timeout: float = _opt(3600.0, "Seconds the server waits for the replies of one round.")
+    num_clients: int = _opt("partition", 10, "Number of clients (data partitions).")
+    num_rounds: int = _opt("federation", 60, "Training rounds run by this invocation.")
+    fraction: float = _opt("federation", 1.0, "Fraction of clients sampled per round (1.0 = all, the paper's simplification).")
+    aggregation: str = _opt("federation", "paper", "paper: G += 1/n sum(L-G); dba: G += eta/n sum(L-G).",
+                            choices=AGGREGATION_CHOICES)
+    server_lr: float = _opt("federation", 1.0, "eta of the dba aggregation (the DBA reference uses 0.1).")
+    min_replies: int = _opt("federation", 1, "Skip a round (keep the model) when fewer valid replies arrive.")
+    round_timeout: float = _opt("placement", 3600.0, "Seconds the server waits for the replies of one round.")
     # --- benign local training -------------------------------------------------
-    lr: float = _opt(0.2, "Client learning rate.")
-    momentum: float = _opt(0.0, "Client SGD momentum (the attacker uses it too).")
-    weight_decay: float = _opt(5e-4, "Client SGD weight decay.")
-    batch_size: int = _opt(64, "Client batch size.")
-    local_epochs: int = _opt(1, "Benign local epochs per round.")
-    lr_decay: float = _opt(0.98, "Client and attacker learning rates are multiplied by this every round: lr * decay^(round-1).")
-    last_conv_l2: float = _opt(0.0, "L2 penalty (lambda) on the last conv layer during training (Fig. 10).")
+    lr: float = _opt("training", 0.2, "Client learning rate.")
+    momentum: float = _opt("training", 0.0, "Client SGD momentum (the attacker uses it too).")
+    weight_decay: float = _opt("training", 5e-4, "Client SGD weight decay.")
+    batch_size: int = _opt("training", 64, "Client batch size.")
+    local_epochs: int = _opt("training", 1, "Benign local epochs per round.")
+    lr_decay: float = _opt("training", 0.98, "Client and attacker learning rates are multiplied by this every round: lr * decay^(round-1).")
+    last_conv_l2: float = _opt("training", 0.0, "L2 penalty (lambda) on the last conv layer during training (Fig. 10).")
     # --- attack ------------------------------------------------------------------
-    attack_mode: str = _opt("victim", "victim: VL -> AL (the paper); all-to-one: every label -> AL (DBA).", choices=ATTACK_MODES)
-    num_attackers: int = _opt(1, "Attackers are clients 0..n-1 unless attacker-ids is set.")
-    attacker_ids: str = _opt("", "Comma-separated attacker client ids (overrides num-attackers).")
-    attack_rounds: str = _opt("all", "Rounds in which attackers poison, e.g. 'all', '11-20', '25,30'; one spec per "
+    attack_mode: str = _opt("partition", "victim", "victim: VL -> AL (the paper); all-to-one: every label -> AL (DBA).", choices=ATTACK_MODES)
+    num_attackers: int = _opt("partition", 1, "Attackers are clients 0..n-1 unless attacker-ids is set.")
+    attacker_ids: str = _opt("partition", "", "Comma-separated attacker client ids (overrides num-attackers).")
+    attack_rounds: str = _opt("schedule", "all", "Rounds in which attackers poison, e.g. 'all', '11-20', '25,30'; one spec per "
                                      "attacker separated by '/' gives each its own rounds (DBA: '203/205/207/209').")
-    attackers_always_selected: bool = _opt(True, "With fraction < 1, attackers are sampled in their attack rounds.")
-    victim_label: int = _opt(9, "VL: the label whose triggered images should flip (victim mode).")
-    attack_label: int = _opt(0, "AL: the label the trigger should produce.")
-    trigger: str = _opt("pixel-1", "pixel-1/3/5/7/9 (BadNets patterns) or dba (four local pieces).", choices=TRIGGERS)
-    trigger_origin: str = _opt("", "row,col of the trigger pattern's top-left pixel; empty = the pattern's own place.")
-    dba_pieces: str = _opt("", "DBA piece (0-3) held by each attacker, comma-separated; empty = attacker k holds k mod 4.")
-    poison_per_batch: int = _opt(20, "all-to-one: poisoned samples in each batch of 'batch-size'.")
-    gamma: float = _opt(2.0, "Model-replacement scale: the attacker submits G + gamma * (L - G); 1 <= gamma <= n/eta "
+    attackers_always_selected: bool = _opt("schedule", True, "With fraction < 1, attackers are sampled in their attack rounds.")
+    victim_label: int = _opt("partition", 9, "VL: the label whose triggered images should flip (victim mode).")
+    attack_label: int = _opt("attack", 0, "AL: the label the trigger should produce.")
+    trigger: str = _opt("attack", "pixel-1", "pixel-1/3/5/7/9 (BadNets patterns) or dba (four local pieces).",
+                       choices=TRIGGER_CHOICES)
+    trigger_origin: str = _opt("attack", "", "row,col of the trigger pattern's top-left pixel; empty = the pattern's own place.")
+    dba_pieces: str = _opt("attack", "", "DBA piece (0-3) held by each attacker, comma-separated; empty = attacker k holds k mod 4.")
+    poison_per_batch: int = _opt("attack", 20, "all-to-one: poisoned samples in each batch of 'batch-size'.")
+    gamma: float = _opt("attack", 2.0, "Model-replacement scale: the attacker submits G + gamma * (L - G); 1 <= gamma <= n/eta "
                              "(n clients per round; n/eta = N in the paper's FedAvg, 100 in DBA's).")
-    poison_lr: float = _opt(0.2, "Attacker learning rate.")
-    poison_epochs: int = _opt(4, "Attacker local epochs.")
-    poison_lr_steps: bool = _opt(False, "Attacker lr x0.1 at 20% and 80% of its epochs (DBA reference).")
-    adaptive_attack: str = _opt("none", "Adaptive attacker: " + " | ".join(ADAPTIVE_ATTACKS) + ".", choices=ADAPTIVE_ATTACKS)
-    adaptive_delta: float = _opt(3.0, "Delta within which the aw-aware attacker clips its last conv layer.")
-    oracle_checkpoint: str = _opt("", "pruning-aware-oracle: checkpoint whose pruning mask the attacker is given.")
-    malformed_reply: str = _opt("none", "Attackers send this kind of invalid reply: " + " / ".join(MALFORMED_REPLIES)
-                                + "; one kind per attacker separated by '/' gives each its own.")
+    poison_lr: float = _opt("attack", 0.2, "Attacker learning rate.")
+    poison_epochs: int = _opt("attack", 4, "Attacker local epochs.")
+    poison_lr_steps: bool = _opt("attack", False, "Attacker lr x0.1 at 20% and 80% of its epochs (DBA reference).")
+    adaptive_attack: str = _opt("attack", "none", "Adaptive attacker (Sec. VI-B; clients/behaviours).",
+                                choices=ADAPTIVE_CHOICES)
+    adaptive_delta: float = _opt("attack", 3.0, "Delta within which the aw-aware attacker clips its last conv layer.")
+    oracle_checkpoint: str = _opt("attack", "", "pruning-aware-oracle: checkpoint whose pruning mask the attacker is given.")
+    malformed_reply: str = _opt("faults", "none", "Attackers send this kind of invalid reply (clients/behaviours/malformed.py); "
+                                "one kind per attacker separated by '/' gives each its own.")
     # --- defense -------------------------------------------------------------------
-    defense: str = _opt("train-only", " | ".join(DEFENSE_MODES) + ".", choices=DEFENSE_MODES)
-    pruning_method: str = _opt("rap", "rap: aggregate ranks; mvp: majority votes.", choices=PRUNING_METHODS)
-    pruning_layer: str = _opt("", "Layer whose neurons are ranked and pruned; empty = the model's last conv layer.")
-    mvp_rate: float = _opt(0.5, "p of MVP: each client votes to prune its p*P least active neurons.")
-    pruning_accuracy: str = _opt("server", "Accuracy for the pruning stop: server validation set or client reports.", choices=PRUNING_ACCURACY_SOURCES)
-    pruning_max_drop: float = _opt(0.01, "Pruning stops when validation accuracy drops more than this (see pruning-stop).")
-    pruning_stop: str = _opt("per-step", "per-step: stop before the count whose accuracy drops more than pruning-max-drop "
+    defense: str = _opt("cleansing", "train-only", "A mode of the paper (train-only, fp, fp-aw, all, aw) or a comma-separated "
+                                       "list of phases (server_strategies/phases; 'name?' runs a phase, reports it and "
+                                       "undoes it): all = prune,aw?,finetune,aw.")
+    pruning_method: str = _opt("cleansing", "rap", "rap: aggregate ranks; mvp: majority votes.", choices=PRUNING_METHODS)
+    pruning_layer: str = _opt("cleansing", "", "Layer whose neurons are ranked and pruned; empty = the model's last conv layer.")
+    mvp_rate: float = _opt("cleansing", 0.5, "p of MVP: each client votes to prune its p*P least active neurons.")
+    pruning_accuracy: str = _opt("cleansing", "server", "Accuracy for the pruning stop: server validation set or client reports.", choices=PRUNING_ACCURACY_SOURCES)
+    pruning_max_drop: float = _opt("cleansing", 0.01, "Pruning stops when validation accuracy drops more than this (see pruning-stop).")
+    pruning_stop: str = _opt("cleansing", "per-step", "per-step: stop before the count whose accuracy drops more than pruning-max-drop "
                                          "below the previous count's (Sec. V-C); cumulative: below the unpruned model's.",
                              choices=PRUNING_STOPS)
-    finetune_rounds: int = _opt(10, "Maximum federated fine-tuning rounds.")
-    finetune_patience: int = _opt(2, "Stop fine-tuning after this many rounds without improving on the best accuracy "
+    finetune_rounds: int = _opt("cleansing", 10, "Maximum federated fine-tuning rounds.")
+    finetune_patience: int = _opt("cleansing", 2, "Stop fine-tuning after this many rounds without improving on the best accuracy "
                                      "so far (the pruned model's included).")
-    finetune_keep: str = _opt("last", "Model fine-tuning hands to AW: last (the model when it stops, Algorithm 1) or "
+    finetune_keep: str = _opt("cleansing", "last", "Model fine-tuning hands to AW: last (the model when it stops, Algorithm 1) or "
                                       "best (best validation accuracy, the pruned model of round 0 included).",
                               choices=FINETUNE_KEEPS)
-    finetune_attack: str = _opt("replace", "Attackers during fine-tuning: replace (poison and boost by gamma, as in "
+    finetune_attack: str = _opt("cleansing", "replace", "Attackers during fine-tuning: replace (poison and boost by gamma, as in "
                                            "training), poison (gamma 1) or benign (train honestly).",
                                 choices=FINETUNE_ATTACKS)
-    aw_delta: float = _opt(0.0, "Fixed AW threshold Delta (the paper's fixed value is 3); 0 = adaptive search.")
-    aw_delta_start: float = _opt(10.0, "Adaptive AW: first Delta.")
-    aw_delta_step: float = _opt(0.25, "Adaptive AW: Delta decrement.")
-    aw_delta_min: float = _opt(0.5, "Adaptive AW: smallest Delta tried.")
-    aw_max_drop: float = _opt(0.01, "Adaptive AW: keep shrinking Delta while validation accuracy stays within this of its start.")
-    aw_keep: str = _opt("crossing", "Adaptive AW: keep the Delta whose accuracy crossed the threshold (Algorithm 1) or "
+    aw_delta: float = _opt("cleansing", 0.0, "Fixed AW threshold Delta (the paper's fixed value is 3); 0 = adaptive search.")
+    aw_delta_start: float = _opt("cleansing", 10.0, "Adaptive AW: first Delta.")
+    aw_delta_step: float = _opt("cleansing", 0.25, "Adaptive AW: Delta decrement.")
+    aw_delta_min: float = _opt("cleansing", 0.5, "Adaptive AW: smallest Delta tried.")
+    aw_max_drop: float = _opt("cleansing", 0.01, "Adaptive AW: keep shrinking Delta while validation accuracy stays within this of its start.")
+    aw_keep: str = _opt("cleansing", "crossing", "Adaptive AW: keep the Delta whose accuracy crossed the threshold (Algorithm 1) or "
                                     "the last one that passed.", choices=AW_KEEPS)
-    aw_stats: str = _opt("all", "mu and sigma of AW over all weights of the layer, a pruned neuron's counted as zero "
+    aw_stats: str = _opt("cleansing", "all", "mu and sigma of AW over all weights of the layer, a pruned neuron's counted as zero "
                                 "(Sec. IV-C), or over the kept neurons' weights only.", choices=AW_STATS)
-    curve_points: int = _opt(16, "Points of the pruning (Fig. 5) and Delta (Fig. 6) curves; 0 = no curves.")
+    curve_points: int = _opt("cleansing", 16, "Points of the pruning (Fig. 5) and Delta (Fig. 6) curves; 0 = no curves.")
     # --- evaluation and compute ------------------------------------------------------
-    eval_every: int = _opt(1, "Evaluate the global model every this many rounds (and after the last).")
-    eval_batch_size: int = _opt(1000, "Batch size of evaluation.")
-    client_cpus: float = _opt(1.0, "CPUs reserved per simulated client (Ray actor).")
-    client_gpus: float = _opt(0.0, "GPUs reserved per simulated client.")
-    device: str = _opt("auto", "cpu | cuda | auto (cuda when available).")
+    eval_every: int = _opt("evaluation", 1, "Evaluate the global model every this many rounds (and after the last).")
+    eval_batch_size: int = _opt("placement", 1000, "Batch size of evaluation.")
+    client_cpus: float = _opt("placement", 1.0, "CPUs reserved per simulated client (Ray actor).")
+    client_gpus: float = _opt("placement", 0.0, "GPUs reserved per simulated client.")
+    device: str = _opt("placement", "auto", "cpu | cuda | auto (cuda when available).")
 
     # ------------------------------------------------------------------------------
     @classmethod
@@ -238,22 +264,45 @@ class ExperimentConfig:
         return kinds[self.attackers.index(client_id)] if len(kinds) > 1 else kinds[0]
 
     def dba_piece_of(self, client_id: int) -> int:
-        """The DBA trigger piece held by an attacker."""
+        """The piece of a distributed trigger held by an attacker (default: attacker k holds k mod pieces)."""
+        from .triggers import trigger_pieces
+
         pieces = parse_int_list(self.dba_pieces, "dba-pieces")
         k = self.attackers.index(client_id)
-        return pieces[k] if pieces else k % 4
+        return pieces[k] if pieces else k % trigger_pieces(self.trigger)
+
+    @property
+    def server_eta(self) -> float:
+        """The server learning rate of the aggregation (1 unless the aggregator takes server-lr)."""
+        uses_lr = registry("server_strategies.aggregators", "AGGREGATORS").meta(self.aggregation).get("server_lr")
+        return self.server_lr if uses_lr else 1.0
+
+    @classmethod
+    def keys_with_role(cls, role: str) -> tuple[str, ...]:
+        """The kebab-case keys that declare a role (see ROLES)."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role '{role}'")
+        return tuple(f.name.replace("_", "-") for f in dataclasses.fields(cls) if role in f.metadata["roles"])
 
     # --- validation -------------------------------------------------------------------
     def validate(self) -> None:
-        """Check every value; raise ConfigError naming the first bad key."""
+        """Check every value; raise ConfigError naming the first bad key.
+
+        The plugins are imported first, so that the components they register are valid choices.
+        """
+        load_plugins(self.plugins)
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
+            if callable(choices):
+                choices = choices()
             value = getattr(self, f.name)
             if choices and value not in choices:
-                raise ConfigError(f"{f.name.replace('_', '-')}: '{value}' is not one of {', '.join(choices)}")
-        if self.model and self.model not in MODELS:
-            raise ConfigError(f"model: unknown model '{self.model}' (known: {', '.join(MODELS)})")
-        channels, size = MODEL_INPUT[self.model_name]
+                raise ConfigError(unknown_choice(f.name.replace("_", "-"), value, tuple(choices)))
+        from .models import model_input
+
+        if self.model:
+            _check(self.model in MODEL_CHOICES(), "model", unknown_choice("model", self.model, MODEL_CHOICES()))
+        channels, size = model_input(self.model_name)
         data_channels, data_size = (3, 32) if self.dataset == "cifar10" else (1, 28)
         if (channels, size) != (data_channels, data_size):
             raise ConfigError(f"model: '{self.model_name}' takes {channels}x{size}x{size} inputs, "
@@ -290,23 +339,25 @@ class ExperimentConfig:
             _check(0 <= value < NUM_CLASSES, key.replace("_", "-"), f"label {value} out of range 0..{NUM_CLASSES - 1}")
         if self.attack_mode == "victim" and attackers:
             _check(self.victim_label != self.attack_label, "attack-label", "must differ from victim-label")
-        replace_at = self.clients_per_round / (self.server_lr if self.aggregation == "dba" else 1.0)
+        replace_at = self.clients_per_round / self.server_eta
         _check(1.0 <= self.gamma <= max(replace_at, 1.0) + 1e-9, "gamma",
                f"must be in [1, n/eta={replace_at:g}] (n={self.clients_per_round} clients per round; "
                f"gamma = n/eta replaces the global model), got {self.gamma}")
         _check(0 <= self.poison_per_batch <= self.batch_size, "poison-per-batch",
                f"must be in 0..batch-size ({self.batch_size}), got {self.poison_per_batch}")
-        pieces = parse_int_list(self.dba_pieces, "dba-pieces")
+        from .triggers import trigger_for, trigger_pieces
+
+        pieces, count = parse_int_list(self.dba_pieces, "dba-pieces"), trigger_pieces(self.trigger)
         if pieces:
+            _check(count > 0, "dba-pieces", f"trigger '{self.trigger}' is not distributed in pieces")
             _check(len(pieces) == len(attackers), "dba-pieces",
                    f"{len(pieces)} pieces for {len(attackers)} attackers")
-            _check(all(0 <= p < 4 for p in pieces), "dba-pieces", f"pieces must be 0..3, got {pieces}")
+            _check(all(0 <= p < count for p in pieces), "dba-pieces",
+                   f"pieces must be 0..{count - 1}, got {pieces}")
         origin = parse_int_list(self.trigger_origin, "trigger-origin")
         _check(len(origin) in (0, 2), "trigger-origin", f"expected 'row,col', got '{self.trigger_origin}'")
-        from .triggers import trigger_for
-
         trigger = trigger_for(self.trigger, data_size, origin)
-        outside = [p for p in trigger.pixels if not (0 <= p[0] < data_size and 0 <= p[1] < data_size)]
+        outside = trigger.outside(data_size)
         _check(not outside, "trigger-origin",
                f"trigger '{self.trigger}' puts pixels {outside[:3]} outside the {data_size}x{data_size} image")
         _check(0.0 < self.mvp_rate < 1.0, "mvp-rate", f"must be in (0, 1), got {self.mvp_rate}")
@@ -323,11 +374,13 @@ class ExperimentConfig:
         _check(0 < self.aw_delta_min <= self.aw_delta_start, "aw-delta-min",
                f"must be in (0, aw-delta-start={self.aw_delta_start}], got {self.aw_delta_min}")
         _check(self.client_cpus > 0, "client-cpus", f"must be > 0, got {self.client_cpus}")
+        importlib.import_module("server_strategies.phases").defense_steps(self.defense)
         _check(self.device in ("auto", "cpu", "cuda"), "device", f"'{self.device}' is not one of auto, cpu, cuda")
         _check(not (self.resume and self.init_checkpoint), "resume", "cannot be combined with init-checkpoint")
         kinds = self.malformed_reply.split("/")
-        _check(all(k in MALFORMED_REPLIES for k in kinds), "malformed-reply",
-               f"'{self.malformed_reply}' holds a kind not in {', '.join(MALFORMED_REPLIES)}")
+        malformed = MALFORMED_CHOICES()
+        for kind in kinds:
+            _check(kind in malformed, "malformed-reply", unknown_choice("kind", kind, malformed))
         _check(len(kinds) in (1, len(attackers)), "malformed-reply",
                f"{len(kinds)} '/'-separated kinds for {len(attackers)} attackers")
         _check(self.adaptive_delta > 0, "adaptive-delta", f"must be > 0, got {self.adaptive_delta}")
@@ -438,6 +491,8 @@ def markdown_reference() -> str:
         value = f.default
         text = ("true" if value else "false") if isinstance(value, bool) else json.dumps(value)
         meaning = f.metadata["help"].replace("|", "/")
+        if callable(f.metadata.get("choices")):
+            meaning += " Registered: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]()) + "."
         rows.append(f"| `{f.name.replace('_', '-')}` | `{text}` | {meaning} |")
     return "\n".join(rows) + "\n"
 

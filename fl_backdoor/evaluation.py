@@ -9,6 +9,7 @@ from .attacks import test_trigger
 from .config import ExperimentConfig
 from .datasets import Split
 from .training import accuracy, to_device
+from .triggers import trigger_pieces
 
 
 def backdoor_test_images(cfg: ExperimentConfig, test: Split) -> torch.Tensor:
@@ -19,7 +20,7 @@ def backdoor_test_images(cfg: ExperimentConfig, test: Split) -> torch.Tensor:
 
 
 class Evaluator:
-    """Measures TA and AA (and, for DBA, the AA of each local trigger) on a fixed test set.
+    """Measures TA and AA (and, for a distributed trigger such as DBA's, the AA of each piece) on a fixed test set.
 
     The triggered copies are built once; every call only runs the model.
     """
@@ -30,9 +31,8 @@ class Evaluator:
         self.y = test.y.to(device)
         source = backdoor_test_images(cfg, test)
         self.sets: dict[str, torch.Tensor] = {"aa": to_device(test_trigger(cfg).apply(source), device)}
-        if cfg.trigger == "dba":
-            for piece in range(4):
-                self.sets[f"aa_piece{piece}"] = to_device(test_trigger(cfg, piece).apply(source), device)
+        for piece in range(trigger_pieces(cfg.trigger)):
+            self.sets[f"aa_piece{piece}"] = to_device(test_trigger(cfg, piece).apply(source), device)
         self.target = cfg.attack_label
 
     def __call__(self, model: nn.Module) -> dict[str, float]:

@@ -18,11 +18,10 @@ from .config import ExperimentConfig
 from .datasets import Split, load_split, resolve_data_dir
 from .training import to_device
 
-_SPLIT_KEYS = ("dataset", "data-dir", "download", "seed", "data-fraction", "validation-fraction")
-_PARTITION_KEYS = _SPLIT_KEYS + ("num-clients", "partition", "labels-per-client", "equal-size",
-                                 "dirichlet-alpha", "attack-mode", "victim-label", "num-attackers",
-                                 "attacker-ids")
-_TEST_KEYS = ("dataset", "data-dir", "download", "test-subset", "seed")
+# what each cached piece depends on, from the roles the config keys declare
+_SPLIT_KEYS = ExperimentConfig.keys_with_role("split")
+_PARTITION_KEYS = _SPLIT_KEYS + ExperimentConfig.keys_with_role("partition")
+_TEST_KEYS = ExperimentConfig.keys_with_role("test-set")
 _CACHE: dict[tuple[str, ...], Any] = {}
 
 

@@ -26,7 +26,8 @@ from fl_backdoor.run_dir import (CheckpointError, RunDirectory, atomic_write_tex
 from fl_backdoor.tables import markdown_table, result_row
 from fl_backdoor.training import pick_device, to_device
 from server_strategies.cleansing import Cleansing
-from server_strategies.fedavg import BackdoorFedAvg
+from server_strategies.phases import defense_steps
+from server_strategies.federation import DROP_KINDS, Federation
 from server_strategies.nodes import map_clients_to_nodes
 from server_strategies.server_run import GlobalModel, RunState, ServerRun
 
@@ -79,10 +80,10 @@ def prepare_run(grid: Grid, cfg: ExperimentConfig) -> ServerRun:
     to_device(gm.model, device)
     print(f"run directory: {run_dir.path}", flush=True)
     client_nodes = map_clients_to_nodes(grid, cfg.num_clients)
-    run = ServerRun(cfg, grid, run_dir, evaluator, gm, BackdoorFedAvg(cfg, client_nodes), state)
+    run = ServerRun(cfg, grid, run_dir, evaluator, gm, Federation(cfg, grid, client_nodes), state)
     if cfg.resume:
         run.rows = read_csv(run_dir.metrics_csv)
-        run.strategy.dropped = read_csv(run_dir.path / "dropped_replies.csv")
+        run.federation.dropped = read_csv(run_dir.path / "dropped_replies.csv")
     return run
 
 
@@ -119,8 +120,8 @@ def run_pipeline(grid: Grid, cfg: ExperimentConfig) -> Path:
         run.checkpoint("trained", phase="train")
         run.complete("train")
         run.plot_rounds()
-    if cfg.defense != "train-only":
-        Cleansing(run).run_mode()
+    if defense_steps(cfg.defense):
+        Cleansing(run).run_defense()
         run.plot_rounds()
     finish_run(run, state.results)
     return run.run_dir.path
@@ -130,8 +131,8 @@ def finish_run(run: ServerRun, results: dict[str, dict[str, Any]]) -> None:
     """Write results.json, the paper-layout results.csv/results.md, and print the table."""
     cfg = run.cfg
     row = result_row(cfg, results, run.phase_seconds)
-    dropped = run.strategy.dropped
-    counts = {kind: sum(1 for d in dropped if d["kind"] == kind) for kind in ("invalid", "fault", "missing")}
+    dropped = run.federation.dropped
+    counts = {kind: sum(1 for d in dropped if d["kind"] == kind) for kind in DROP_KINDS}
     write_json(run.run_dir.path / "results.json", {"phases": results, "phase_seconds": run.phase_seconds,
                                                    "final_round": run.global_model.round, "row": row,
                                                    "dropped_replies": counts})

@@ -1,4 +1,4 @@
-"""The server's state during a run: the global model, its mask, the strategy and the outputs."""
+"""The server's state during a run: the global model, its mask, the federation and the outputs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+import numpy as np
+from flwr.app import ArrayRecord, MessageType
 from flwr.serverapp import Grid
 
 from fl_backdoor.masks import NeuronMask, install_mask
@@ -17,7 +18,9 @@ from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.evaluation import Evaluator
 from fl_backdoor.plots import plot_curves
 from fl_backdoor.run_dir import RunDirectory, save_checkpoint, write_csv, write_json
-from server_strategies.fedavg import BackdoorFedAvg
+from server_strategies.aggregators import AGGREGATORS
+from server_strategies.federation import Federation
+from server_strategies.reply_checks import model_checker
 
 
 def percent(value: float) -> str:
@@ -75,14 +78,14 @@ class RunState:
 
 @dataclass
 class ServerRun:
-    """Everything one server run holds: config, outputs, model, evaluator, strategy and progress."""
+    """Everything one server run holds: config, outputs, model, evaluator, federation and progress."""
 
     cfg: ExperimentConfig
     grid: Grid
     run_dir: RunDirectory
     evaluator: Evaluator
     global_model: GlobalModel
-    strategy: BackdoorFedAvg
+    federation: Federation
     state: RunState
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -111,8 +114,8 @@ class ServerRun:
         """Append a per-round metrics row, rewrite metrics.csv and print the progress line."""
         self.rows.append(row)
         write_csv(self.run_dir.metrics_csv, self.rows)
-        if self.strategy.dropped:
-            write_csv(self.run_dir.path / "dropped_replies.csv", self.strategy.dropped)
+        if self.federation.dropped:
+            write_csv(self.run_dir.path / "dropped_replies.csv", self.federation.dropped)
         parts = [f"[{row['phase']}] round {row['round']:>4}"]
         if "ta" in row:
             parts.append(f"TA {percent(row['ta'])}  AA {percent(row['aa'])}")
@@ -124,26 +127,27 @@ class ServerRun:
 
     def federated_round(self, phase: str, server_round: int, evaluate: bool = True) -> dict[str, Any]:
         """One FedAvg round of a phase ('train' or 'finetune'): aggregate, evaluate, record, checkpoint."""
-        cfg, gm, strategy = self.cfg, self.global_model, self.strategy
-        strategy.phase, strategy.mask = phase, gm.mask
+        cfg, gm, federation = self.cfg, self.global_model, self.federation
         started = time.perf_counter()
-        messages = strategy.configure_train(server_round, gm.arrays(), ConfigRecord(), self.grid)
-        replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
-        arrays, metrics = strategy.aggregate_train(server_round, replies)
-        if arrays is None:
-            print(f"[{phase}] round {server_round}: only {metrics['replies']} valid replies "
+        clients = federation.sample(server_round, phase)
+        arrays = gm.arrays()
+        valid = federation.ask(clients, MessageType.TRAIN, arrays, {}, server_round, phase, gm.mask,
+                               model_checker(arrays))
+        if len(valid) < cfg.min_replies:
+            print(f"[{phase}] round {server_round}: only {len(valid)} valid replies "
                   f"(min-replies {cfg.min_replies}); round skipped, global model kept", flush=True)
         else:
-            gm.load(arrays)
+            gm.load(AGGREGATORS[cfg.aggregation](arrays, [local for _, (local, _) in valid], cfg))
         gm.round = server_round
         row: dict[str, Any] = {"phase": phase, "round": server_round}
         if evaluate:
             row.update(self.evaluate())
-        row["train_loss"] = float(metrics.get("train-loss", float("nan")))
-        row["clients"] = len(strategy.sampled)
-        row["attacking"] = sum(1 for c in strategy.sampled if is_attacking(cfg, c, server_round, phase))
-        row["replies"] = int(metrics["replies"])
-        row.update(strategy.drop_counts(server_round))
+        row["train_loss"] = (float(np.mean([loss for _, (_, loss) in valid])) if len(valid) >= cfg.min_replies
+                             else float("nan"))
+        row["clients"] = len(clients)
+        row["attacking"] = sum(1 for c in clients if is_attacking(cfg, c, server_round, phase))
+        row["replies"] = len(valid)
+        row.update(federation.drop_counts(server_round, phase))
         row["seconds"] = round(time.perf_counter() - started, 3)
         self.record_round(row)
         self.checkpoint("latest", phase=phase)

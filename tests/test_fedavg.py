@@ -4,7 +4,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from fl_backdoor.config import ExperimentConfig
-from server_strategies.fedavg import BackdoorFedAvg, average_update
+from server_strategies.aggregators.fedavg import average_update
+from server_strategies.federation import Federation
 
 
 def record(**arrays):
@@ -31,11 +32,11 @@ def test_dba_form_uses_server_learning_rate():
 def test_sampling_is_seeded_per_round_and_forces_attackers():
     cfg = ExperimentConfig.from_flat({"num-clients": 50, "fraction": 0.2, "num-attackers": 5,
                                       "attack-rounds": "3", "gamma": 2})
-    strategy = BackdoorFedAvg(cfg, {c: 1000 + c for c in range(50)})
-    r3 = strategy.sample_clients(3)
+    federation = Federation(cfg, None, {c: 1000 + c for c in range(50)})
+    r3 = federation.sample(3, "train")
     assert len(r3) == 10 and set(range(5)) <= set(r3)
-    assert strategy.sample_clients(3) == r3, "same round, same sample (resume-safe)"
-    r4 = strategy.sample_clients(4)
+    assert federation.sample(3, "train") == r3, "same round, same sample (resume-safe)"
+    r4 = federation.sample(4, "train")
     assert len(r4) == 10 and r4 != r3
-    everyone = BackdoorFedAvg(cfg.replace(fraction=1.0), {c: c for c in range(50)})
-    assert everyone.sample_clients(1) == list(range(50))
+    everyone = Federation(cfg.replace(fraction=1.0), None, {c: c for c in range(50)})
+    assert everyone.sample(1, "train") == list(range(50))

@@ -3,7 +3,7 @@
 import torch
 
 from fl_backdoor.poisoning import BatchPoisoner, victim_copies
-from fl_backdoor.triggers import pixel_pattern
+from fl_backdoor.triggers.pixel_patterns import pixel_pattern
 
 
 def test_victim_copies_append_relabelled_triggered_victims():

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from fl_backdoor.triggers import dba_global, dba_piece, pixel_pattern, trigger_for
+from fl_backdoor.triggers import trigger_for
+from fl_backdoor.triggers.dba import dba_global, dba_piece
+from fl_backdoor.triggers.pixel_patterns import pixel_pattern
 
 
 def stamped(trigger, channels=1, size=28):

@@ -1,0 +1,70 @@
+"""Post-training cleansing phases, one file each, registered by name; a defense is a list of them.
+
+The config key ``defense`` is a comma-separated list of phases run in order on the
+trained global model, or one of the paper's modes, which are aliases::
+
+    train-only = ""    fp = prune    fp-aw = prune,aw    aw = aw    all = prune,aw?,finetune,aw
+
+A phase written ``name?`` is a probe: it runs, its result is recorded, and the
+model is restored (the All mode reports FP+AW on the way).  Each step's result is
+named after the phases applied so far, with the paper's names where it has them
+(prune -> fp, prune+aw -> fp-aw, prune+finetune -> ft, prune+finetune+aw -> all).
+
+A phase is a function of the run's :class:`~server_strategies.cleansing.Cleansing`
+context and its result name::
+
+    @PHASES.register("my-phase")
+    def my_phase(ctx: Cleansing, result: str) -> None:
+        ...  # change ctx.run.global_model, then ctx.finish(result, note, **facts)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fl_backdoor.errors import ConfigError
+from fl_backdoor.registry import Registry, unknown_choice
+
+if TYPE_CHECKING:
+    from server_strategies.cleansing import Cleansing
+
+Phase = Callable[["Cleansing", str], None]
+PHASES: Registry[Phase] = Registry("phase", __name__)
+MODES = {"train-only": "", "fp": "prune", "fp-aw": "prune,aw", "aw": "aw", "all": "prune,aw?,finetune,aw"}
+PAPER_RESULTS = {("prune",): "fp", ("prune", "aw"): "fp-aw", ("prune", "finetune"): "ft",
+                 ("prune", "finetune", "aw"): "all", ("aw",): "aw"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One entry of a defense: a phase, whether it is a probe, and the name of its result."""
+
+    phase: str
+    probe: bool
+    result: str
+
+    @property
+    def token(self) -> str:
+        """The step as written in the defense list (its key in the run's progress and timings)."""
+        return self.phase + ("?" if self.probe else "")
+
+
+def defense_steps(defense: str) -> tuple[Step, ...]:
+    """The steps of a defense mode or phase list; ConfigError for an unknown phase or a repeated result."""
+    text = MODES.get(defense, defense)
+    steps: list[Step] = []
+    applied: tuple[str, ...] = ()
+    for token in (t.strip() for t in text.split(",") if t.strip()):
+        phase, probe = token.rstrip("?"), token.endswith("?")
+        if phase not in PHASES:
+            raise ConfigError(unknown_choice("defense", phase, tuple(dict.fromkeys((*MODES, *PHASES.names())))))
+        path = (*applied, phase)
+        result = PAPER_RESULTS.get(path, "+".join(path))
+        if any(s.result == result for s in steps):
+            raise ConfigError(f"defense: '{defense}' computes the result '{result}' twice")
+        steps.append(Step(phase, probe, result))
+        if not probe:
+            applied = path
+    return tuple(steps)

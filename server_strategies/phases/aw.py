@@ -1,0 +1,68 @@
+"""Adjusting extreme weights (Sec. IV-C): zero the last conv layer's weights outside mu +/- Delta*sigma.
+
+Delta is fixed (aw-delta) or shrunk from aw-delta-start until clean accuracy drops
+more than aw-max-drop.  The Delta curve of Fig. 6 is drawn for the report only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from defenses.candidates import extreme_weights_zeroed
+from defenses.extreme_weights import WeightStats, delta_schedule, weight_stats, zero_extreme_weights
+from defenses.stop_rules import stop_at_drop
+from fl_backdoor.masks import mask_on
+from fl_backdoor.plots import plot_curves
+from fl_backdoor.run_dir import write_csv
+
+from . import PHASES
+
+if TYPE_CHECKING:
+    from server_strategies.cleansing import Cleansing
+
+
+@PHASES.register("aw")
+def adjust_weights(ctx: Cleansing, result: str) -> None:
+    """AW on the last conv layer: a fixed Delta, or Delta shrunk until clean accuracy drops (aw-keep)."""
+    cfg, gm = ctx.cfg, ctx.run.global_model
+    weight = gm.model.get_submodule(ctx.aw_layer).weight
+    mask = mask_on(gm.mask, ctx.aw_layer)
+    stats = weight_stats(weight, mask, cfg.aw_stats)
+    deltas = delta_schedule(cfg.aw_delta_start, cfg.aw_delta_step, cfg.aw_delta_min)
+    chosen: float | None
+    if cfg.aw_delta > 0:
+        chosen, base, threshold = cfg.aw_delta, float("nan"), float("nan")
+    else:
+        if cfg.pruning_accuracy == "server":
+            def accuracy_of(delta: float) -> float:
+                with extreme_weights_zeroed(gm.model, ctx.aw_layer, stats, delta):
+                    return ctx.validation_accuracy()
+        else:
+            accuracy_of = dict(zip(deltas, ctx.client_accuracies("aw", deltas), strict=True)).__getitem__
+        base = ctx.model_accuracy()
+        threshold = base - cfg.aw_max_drop
+        chosen, _ = stop_at_drop(deltas, accuracy_of, base, cfg.aw_max_drop, keep_crossing=cfg.aw_keep == "crossing")
+    delta_curve(ctx, result, deltas, stats)
+    zeroed = zero_extreme_weights(gm.model, ctx.aw_layer, stats, chosen, mask) if chosen is not None else 0
+    ctx.finish(result, delta=chosen, zeroed=zeroed, mu=stats.mu, sigma=stats.sigma, clean_base=base,
+               clean_threshold=threshold, note=f"AW Delta={chosen} zeroed {zeroed} weights of {ctx.aw_layer}")
+
+
+def delta_curve(ctx: Cleansing, result: str, deltas: list[float], stats: WeightStats) -> None:
+    """Fig. 6 data: TA and AA against Delta (report only); the first row is the model without AW."""
+    if ctx.cfg.curve_points <= 0:
+        return
+    started = time.perf_counter()
+    gm = ctx.run.global_model
+    rows = [{"delta": "none", "zeroed": 0, "validation": ctx.validation_accuracy(), **ctx.run.evaluate()}]
+    for delta in deltas:
+        with extreme_weights_zeroed(gm.model, ctx.aw_layer, stats, delta) as zeroed:
+            rows.append({"delta": delta, "zeroed": zeroed, "validation": ctx.validation_accuracy(),
+                         **ctx.run.evaluate()})
+    write_csv(ctx.run.run_dir.path / f"aw_curve_{result}.csv", rows)
+    xs = [float(r["delta"]) for r in rows[1:]]
+    plot_curves(ctx.run.run_dir.path / f"aw_curve_{result}.png",
+                {"TA": (xs, [float(r["ta"]) for r in rows[1:]]), "AA": (xs, [float(r["aa"]) for r in rows[1:]])},
+                xlabel="Delta", title=f"Adjusting extreme weights ({result})", invert_x=True)
+    ctx.report_seconds += time.perf_counter() - started

@@ -1,0 +1,47 @@
+"""Federated fine-tuning (Sec. IV-B): FedAvg rounds on the pruned model, mask enforced, attackers taking part."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from defenses.stop_rules import Patience
+from fl_backdoor.run_dir import load_checkpoint
+
+from . import PHASES
+
+if TYPE_CHECKING:
+    from server_strategies.cleansing import Cleansing
+
+
+@PHASES.register("finetune")
+def finetune(ctx: Cleansing, result: str) -> None:
+    """FedAvg rounds on the pruned model until clean accuracy stops improving.
+
+    The model that goes on is the last one (finetune-keep = last, as Algorithm 1's
+    loop leaves it) or the one of best clean accuracy, round 0 included (best).
+    The patience counters (and, for 'best', the best model) are saved every round, so a
+    resumed run continues fine-tuning where it stopped.
+    """
+    cfg, run = ctx.cfg, ctx.run
+    gm, state = run.global_model, run.state
+    keep_best = cfg.finetune_keep == "best"
+    if state.finetune:
+        rule = Patience(cfg.finetune_patience, cfg.finetune_rounds, baseline=state.finetune["best"])
+        rule.best_round, rule.rounds = state.finetune["best_round"], state.finetune["rounds"]
+    else:
+        rule = Patience(cfg.finetune_patience, cfg.finetune_rounds, baseline=ctx.model_accuracy())
+        if keep_best:
+            run.checkpoint("ft-best", phase="finetune")
+    while not rule.stop:
+        run.federated_round("finetune", gm.round + 1)
+        if rule.update(ctx.model_accuracy()) and keep_best:
+            run.checkpoint("ft-best", phase="finetune")
+        state.finetune = {"best": rule.best, "best_round": rule.best_round, "rounds": rule.rounds}
+        state.save(run.run_dir)
+    kept_round = rule.kept_round(cfg.finetune_keep)
+    if keep_best:
+        gm.model.load_state_dict(load_checkpoint(run.run_dir.checkpoint("ft-best"))["state_dict"])
+    ctx.finish(result, rounds=rule.rounds, best_round=rule.best_round, kept_round=kept_round, best_accuracy=rule.best,
+               keep=cfg.finetune_keep,
+               note=f"fine-tuned {rule.rounds} rounds (best validation in round {rule.best_round}), "
+                    f"kept the model of round {kept_round}")
