@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -10,12 +10,12 @@ from clients.behaviours import conduct_of
 from clients.local_training import client_model
 from defenses.candidates import aw_accuracies, pruning_accuracies
 from defenses.extreme_weights import weight_stats
-from fl_backdoor.masks import NeuronMask, mask_on
 from defenses.neuron_ranking import local_ranking, local_votes, mean_activations
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data
+from fl_backdoor.masks import NeuronMask, mask_on
 from fl_backdoor.models import layer_neurons
-from fl_backdoor.training import accuracy, pick_device
+from fl_backdoor.training import accuracy, layer_weight, pick_device
 
 
 def neuron_report(cfg: ExperimentConfig, client_id: int, state: dict[str, torch.Tensor], mask: NeuronMask | None,
@@ -43,7 +43,7 @@ def candidate_report(cfg: ExperimentConfig, client_id: int, state: dict[str, tor
         accs = pruning_accuracies(model, list(order), [int(c) for c in candidates], layer,
                                   layer_neurons(model, layer), measure)
     else:
-        weight = model.get_submodule(layer).weight
+        weight = layer_weight(model, layer)
         stats = weight_stats(weight, mask_on(mask, layer), cfg.aw_stats)
         accs = aw_accuracies(model, layer, stats, list(candidates), measure)
     return conduct_of(cfg, client_id).candidate_accuracies(accs), int(y.shape[0])

@@ -8,6 +8,7 @@ carries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -15,10 +16,10 @@ from flwr.clientapp import ClientApp
 
 from clients.cleansing_jobs import candidate_report, neuron_report
 from clients.local_training import local_accuracy, run_local_job
-from fl_backdoor.masks import NeuronMask
-from fl_backdoor.allocator import keep_freed_memory
 from fl_backdoor import protocol
+from fl_backdoor.allocator import keep_freed_memory
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.masks import NeuronMask
 
 app = ClientApp()
 
@@ -41,12 +42,13 @@ def unpack(msg: Message) -> Request:
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
     keep_freed_memory()
-    config = msg.content[protocol.CONFIG]
-    return Request(protocol.read_config(msg.content[protocol.RUN_CONFIG]), config, int(config["client-id"]),
-                   msg.content[protocol.ARRAYS].to_torch_state_dict(), protocol.read_mask(config))
+    config = msg.content.config_records[protocol.CONFIG]
+    return Request(protocol.read_config(msg.content.config_records[protocol.RUN_CONFIG]), config,
+                   protocol.number(config, "client-id", int),
+                   msg.content.array_records[protocol.ARRAYS].to_torch_state_dict(), protocol.read_mask(config))
 
 
-def reply(msg: Message, metrics: dict, state: dict[str, torch.Tensor] | None = None) -> Message:
+def reply(msg: Message, metrics: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> Message:
     """A reply with a MetricRecord and, for training, the model."""
     content = RecordDict({protocol.METRICS: MetricRecord(metrics)})
     if state is not None:
@@ -66,7 +68,7 @@ def describe(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Local training (benign or poisoned) of the received global model."""
     req = unpack(msg)
-    result = run_local_job(req.cfg, req.client_id, req.state, int(req.config["server-round"]),
+    result = run_local_job(req.cfg, req.client_id, req.state, protocol.number(req.config, "server-round", int),
                            str(req.config.get("phase", "train")), req.mask)
     return reply(msg, {"num-examples": result.stats.num_examples, "train-loss": result.stats.loss}, result.state)
 
@@ -85,7 +87,7 @@ def rank_neurons(msg: Message, context: Context) -> Message:
     req = unpack(msg)
     method = str(req.config["method"])
     report = neuron_report(req.cfg, req.client_id, req.state, req.mask, str(req.config["layer"]), method,
-                           float(req.config["rate"]))
+                           protocol.number(req.config, "rate", float))
     return reply(msg, {"ranking" if method == "rap" else "votes": report})
 
 
@@ -94,6 +96,6 @@ def candidate_accuracy(msg: Message, context: Context) -> Message:
     """Local clean accuracy of candidate pruning levels or AW Deltas."""
     req = unpack(msg)
     accs, examples = candidate_report(req.cfg, req.client_id, req.state, req.mask, str(req.config["kind"]),
-                                      str(req.config["layer"]), list(req.config.get("order", [])),
-                                      list(req.config["candidates"]))
+                                      str(req.config["layer"]), protocol.numbers(req.config, "order", int),
+                                      protocol.numbers(req.config, "candidates", float))
     return reply(msg, {"accuracies": accs, "num-examples": examples})

@@ -51,7 +51,7 @@ def run_local_job(cfg: ExperimentConfig, client_id: int, global_state: dict[str,
     model = client_model(cfg, global_state, mask)
     x, y = client_data(cfg, client_id, device)
     plan = conduct.training(job, TrainingPlan(x, y, benign_settings(cfg, server_round)), model, mask)
-    extra = l2_on_layer(model.last_conv, cfg.last_conv_l2) if cfg.last_conv_l2 > 0 else None
+    extra = l2_on_layer(str(model.last_conv), cfg.last_conv_l2) if cfg.last_conv_l2 > 0 else None
     stats = train(model, plan.x, plan.y, plan.settings, job_generator(cfg, client_id, server_round, phase),
                   batch_transform=plan.transform, extra_loss=extra, after_step=plan.after_step)
     local = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -28,8 +28,8 @@ a class rather than a feature.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -155,8 +155,10 @@ class AdversarialNeuronPruning:
             loss = self._loss(x, y, {k: masks[k] + delta[k] for k in masks}, xi)
             grads = torch.autograd.grad(loss, [*delta.values(), *xi.values()])
             keys = list(delta)
-            delta = {k: pgd_step(delta[k].detach(), g, eps / steps, eps) for k, g in zip(keys, grads[:len(keys)])}
-            xi = {k: pgd_step(xi[k].detach(), g, eps / steps, eps) for k, g in zip(keys, grads[len(keys):])}
+            delta_grads, xi_grads = grads[:len(keys)], grads[len(keys):]
+            step_size = eps / steps
+            delta = {k: pgd_step(delta[k].detach(), g, step_size, eps) for k, g in zip(keys, delta_grads, strict=True)}
+            xi = {k: pgd_step(xi[k].detach(), g, step_size, eps) for k, g in zip(keys, xi_grads, strict=True)}
         return delta, xi
 
     def step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
@@ -214,7 +216,7 @@ def prune_smallest(masks: dict[str, torch.Tensor], count: int) -> dict[str, torc
 
 def prune_by_fraction(masks: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
     """Neurons to prune: the round(fraction * n) smallest masks over all layers."""
-    return prune_smallest(masks, int(round(fraction * sum(m.numel() for m in masks.values()))))
+    return prune_smallest(masks, round(fraction * sum(m.numel() for m in masks.values())))
 
 
 @torch.no_grad()
@@ -252,7 +254,7 @@ def prune_within_drop(model: nn.Module, units: list[NeuronUnit], masks: dict[str
         return accuracy(model, x, y)
 
     base = accuracy_with(0)
-    chosen, _ = last_passing(pruning_levels(sum(u.size for u in units) - 1), accuracy_with, base - max_drop)
+    chosen = last_passing(pruning_levels(sum(u.size for u in units) - 1), accuracy_with, base - max_drop)[0]
     restore()
     return prune_smallest(masks, chosen or 0)
 

@@ -7,13 +7,14 @@ restores it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from fl_backdoor.masks import current_mask, install_mask, mask_on
+from fl_backdoor.training import layer_weight
 
 from .extreme_weights import WeightStats, zero_extreme_weights
 from .neuron_ranking import mask_for
@@ -33,7 +34,7 @@ def pruned(model: nn.Module, order: Sequence[int], count: int, layer: str, size:
 @contextmanager
 def extreme_weights_zeroed(model: nn.Module, layer: str, stats: WeightStats, delta: float) -> Iterator[int]:
     """The model with AW at ``delta`` applied to its kept neurons; yields the number of weights zeroed."""
-    weight = model.get_submodule(layer).weight
+    weight = layer_weight(model, layer)
     saved = weight.detach().clone()
     try:
         yield zero_extreme_weights(model, layer, stats, delta, mask_on(current_mask(model), layer))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fl_backdoor.masks import NeuronMask
+from fl_backdoor.training import layer_weight
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def extreme_mask(weight: torch.Tensor, stats: WeightStats, delta: float,
 def zero_extreme_weights(model: nn.Module, layer: str, stats: WeightStats, delta: float,
                          mask: NeuronMask | None = None) -> int:
     """Zero the layer's extreme weights in place; returns how many weights that is."""
-    weight = model.get_submodule(layer).weight
+    weight = layer_weight(model, layer)
     extreme = extreme_mask(weight, stats, delta, mask)
     weight[extreme] = 0.0
     return int(extreme.sum())

@@ -19,8 +19,8 @@ the label distributions, so low-confidence (epsilon-label) poison trains as such
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -19,8 +19,8 @@ cannot do, so here the lr is fixed in advance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -132,7 +132,7 @@ class TriggerStamper:
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stamp in place (batches are fresh copies); samples are shared round-robin among the labels."""
-        count = int(round(self.fraction * xb.shape[0]))
+        count = round(self.fraction * xb.shape[0])
         for j, label in enumerate(self.labels):
             rows = slice(j, count, len(self.labels))
             xb[rows] = self.triggers.stamp(label, xb[rows])

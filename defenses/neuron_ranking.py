@@ -15,19 +15,19 @@ Conventions (the paper's, made exact):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from fl_backdoor.masks import NeuronMask
+from fl_backdoor.masks import NeuronMask, neuron_output_module
 
 
 @torch.no_grad()
 def mean_activations(model: nn.Module, layer: str, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
     """Mean activation of each neuron of ``layer`` over the samples (and positions) of x."""
-    module = model.get_submodule(model.neuron_outputs[layer])
+    module = neuron_output_module(model, layer)
     total: list[torch.Tensor] = []
 
     def record(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
@@ -44,7 +44,7 @@ def mean_activations(model: nn.Module, layer: str, x: torch.Tensor, batch_size: 
     return (torch.stack(total).sum(0) / max(x.shape[0], 1)).cpu().numpy()
 
 
-def local_ranking(activations: Sequence[float]) -> list[int]:
+def local_ranking(activations: Sequence[float] | np.ndarray) -> list[int]:
     """Rank position of every neuron: 1 = most active, P = most dormant (ties by index)."""
     act = np.asarray(activations, dtype=np.float64)
     order = sorted(range(len(act)), key=lambda i: (-act[i], i))
@@ -56,10 +56,10 @@ def local_ranking(activations: Sequence[float]) -> list[int]:
 
 def votes_to_prune(rate: float, size: int) -> int:
     """How many neurons each MVP client marks: round(p * P)."""
-    return int(round(rate * size))
+    return round(rate * size)
 
 
-def local_votes(activations: Sequence[float], rate: float) -> list[int]:
+def local_votes(activations: Sequence[float] | np.ndarray, rate: float) -> list[int]:
     """1 for the round(p * P) most dormant neurons (to prune), 0 for the others."""
     ranks = local_ranking(activations)
     size = len(ranks)
@@ -88,7 +88,7 @@ def pruning_levels(limit: int, max_levels: int = MAX_PRUNING_LEVELS) -> list[int
     """Numbers of pruned neurons to try: every count 0..limit, or an even grid of max_levels+1."""
     if limit <= max_levels:
         return list(range(limit + 1))
-    return sorted({int(round(v)) for v in np.linspace(0, limit, max_levels + 1)})
+    return sorted({round(v) for v in np.linspace(0, limit, max_levels + 1).tolist()})
 
 
 def mask_for(order: Sequence[int], count: int, layer: str, size: int, base: NeuronMask | None = None) -> NeuronMask:

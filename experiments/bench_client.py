@@ -18,12 +18,13 @@ import torch.nn.functional as F
 
 from clients.local_training import benign_settings, run_local_job
 from fl_backdoor.cli import add_config_arguments, config_from_cli, run_cli
+from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.models import build_model
 from fl_backdoor.training import to_device
 
 
-def bare_epochs(cfg, x: torch.Tensor, y: torch.Tensor, state: dict) -> float:
+def bare_epochs(cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor, state: dict[str, torch.Tensor]) -> float:
     """Seconds of a hand-written SGD loop over index slices of (x, y)."""
     settings = benign_settings(cfg)
     started = time.perf_counter()
@@ -62,7 +63,8 @@ def main() -> None:
         run_local_job(cfg, args.client, state, r + 2)
         client.append(time.perf_counter() - started)
     b, c = min(bare), min(client)
-    print(f"model {cfg.model_name}, {x.shape[0]} samples x {cfg.local_epochs} epoch(s), batch {cfg.batch_size}, 1 thread")
+    print(f"model {cfg.model_name}, {x.shape[0]} samples x {cfg.local_epochs} epoch(s), batch {cfg.batch_size}, "
+          "1 thread")
     print(f"bare PyTorch loop : {samples / b:8.0f} samples/s  (best of {args.repeats}: {b:.3f}s)")
     print(f"client local job  : {samples / c:8.0f} samples/s  (best of {args.repeats}: {c:.3f}s)")
     print(f"client overhead   : {100.0 * (c - b) / b:+.1f}%")

@@ -104,7 +104,8 @@ class MemoryWatch(threading.Thread):
 
     def __init__(self, metrics: Path) -> None:
         super().__init__(daemon=True)
-        self.metrics, self.stop, self.samples = metrics, threading.Event(), {}
+        self.metrics, self.stop = metrics, threading.Event()
+        self.samples: dict[int, dict[int, float]] = {}  # round -> worker pid -> RSS in MiB
 
     def run(self) -> None:
         """Poll until stopped."""

@@ -50,8 +50,9 @@ def poison_settings(cfg: ExperimentConfig, server_round: int = 1) -> SGDSettings
     epochs = cfg.poison_epochs
     milestones = (tuple(sorted({max(1, int(0.2 * epochs)), max(1, int(0.8 * epochs))}))
                   if cfg.poison_lr_steps else ())
-    return SGDSettings(lr=cfg.poison_lr * cfg.lr_decay ** (server_round - 1), epochs=epochs, batch_size=cfg.batch_size, momentum=cfg.momentum,
-                       weight_decay=cfg.weight_decay, lr_milestones=milestones)
+    return SGDSettings(lr=cfg.poison_lr * cfg.lr_decay ** (server_round - 1), epochs=epochs,
+                       batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                       lr_milestones=milestones)
 
 
 def poisoned_training_data(cfg: ExperimentConfig, client_id: int, x: torch.Tensor, y: torch.Tensor

@@ -18,6 +18,7 @@ import importlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, UserError
@@ -56,15 +57,19 @@ __all__ = ["ConfigError", "ExperimentConfig", "UserError"]
 
 def registry(module: str, name: str) -> Registry[Any]:
     """A component registry, imported when first needed (the components import this module)."""
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    reg: Registry[Any] = getattr(importlib.import_module(module), name)
+    return reg
 
 
-def _registered(module: str, name: str, role: str | None = None, extra: tuple[str, ...] = ()
-                ) -> Callable[[], tuple[str, ...]]:
+def _registered(
+    module: str, name: str, role: str | None = None, extra: tuple[str, ...] = ()
+) -> Callable[[], tuple[str, ...]]:
     """Choices read from a registry (optionally only entries of one role), plus fixed extras."""
+
     def choices() -> tuple[str, ...]:
         reg = registry(module, name)
         return extra + tuple(n for n in reg.names() if role is None or reg.meta(n).get("role") == role)
+
     return choices
 
 
@@ -75,7 +80,7 @@ ADAPTIVE_CHOICES = _registered("clients.behaviours", "BEHAVIOURS", "adaptive", (
 MALFORMED_CHOICES = _registered("clients.behaviours", "BEHAVIOURS", "malformed", ("none",))
 
 
-def _opt(roles: str, default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+def _opt(roles: str, default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, "roles": tuple(roles.split()), **kw})
 
 
@@ -87,16 +92,30 @@ class ExperimentConfig:
     seed: int = _opt("split test-set", 0, "Seed of everything random: partitions, model init, sampling, training.")
     output_dir: str = _opt("placement sweep", "runs", "Directory under which each run gets its own directory.")
     run_name: str = _opt("placement sweep", "", "Name of the run directory; empty = <time>-<dataset>-<mode>.")
-    resume: bool = _opt("placement sweep", False, "Continue the run in output-dir/run-name from its last completed round or phase.")
-    init_checkpoint: str = _opt("placement sweep", "", "Start from this saved global model (.pt); rounds continue its numbering.")
-    plugins: str = _opt("placement", "", "Comma-separated modules or .py files imported first in every process; the "
-                                         "components they register become valid choices (README: Extending).")
+    resume: bool = _opt(
+        "placement sweep", False, "Continue the run in output-dir/run-name from its last completed round or phase."
+    )
+    init_checkpoint: str = _opt(
+        "placement sweep", "", "Start from this saved global model (.pt); rounds continue its numbering."
+    )
+    plugins: str = _opt(
+        "placement",
+        "",
+        "Comma-separated modules or .py files imported first in every process; the "
+        "components they register become valid choices (README: Extending).",
+    )
     # --- data ----------------------------------------------------------------
     dataset: str = _opt("split test-set", "fashion-mnist", "mnist | fashion-mnist | cifar10.", choices=DATASETS)
-    data_dir: str = _opt("placement split test-set", "", "Dataset directory; empty = $FL_BACKDOOR_DATA_DIR, else ./data.")
+    data_dir: str = _opt(
+        "placement split test-set", "", "Dataset directory; empty = $FL_BACKDOOR_DATA_DIR, else ./data."
+    )
     download: bool = _opt("placement split test-set", True, "Download a missing dataset (with checksum checks).")
     data_fraction: float = _opt("split", 1.0, "Use this stratified fraction of the training set (smaller = faster).")
-    validation_fraction: float = _opt("split", 0.01, "Share of the training set held out as the server's clean set (validation, centralized defenses).")
+    validation_fraction: float = _opt(
+        "split",
+        0.01,
+        "Share of the training set held out as the server's clean set (validation, centralized defenses).",
+    )
     test_subset: int = _opt("test-set", 0, "Evaluate on this many test images (stratified); 0 = the whole test set.")
     partition: str = _opt("partition", "k-labels", "iid | k-labels (the paper) | dirichlet (DBA).", choices=PARTITIONS)
     labels_per_client: int = _opt("partition", 3, "K of the k-labels partition.")
@@ -104,13 +123,18 @@ class ExperimentConfig:
     dirichlet_alpha: float = _opt("partition", 0.5, "Concentration of the Dirichlet partition.")
     # --- model ---------------------------------------------------------------
     model: str = _opt("model", "", "A registered model (fl_backdoor/models); empty = the dataset's default.")
-    model_widths: str = _opt("model", "", "Conv widths, e.g. '8,16' (small) or '20,50' (large) for mnist-cnn; empty = model default.")
+    model_widths: str = _opt(
+        "model", "", "Conv widths, e.g. '8,16' (small) or '20,50' (large) for mnist-cnn; empty = model default."
+    )
     # --- federation ------------------------------------------------------------
     num_clients: int = _opt("partition", 10, "Number of clients (data partitions).")
     num_rounds: int = _opt("federation", 60, "Training rounds run by this invocation.")
-    fraction: float = _opt("federation", 1.0, "Fraction of clients sampled per round (1.0 = all, the paper's simplification).")
-    aggregation: str = _opt("federation", "paper", "paper: G += 1/n sum(L-G); dba: G += eta/n sum(L-G).",
-                            choices=AGGREGATION_CHOICES)
+    fraction: float = _opt(
+        "federation", 1.0, "Fraction of clients sampled per round (1.0 = all, the paper's simplification)."
+    )
+    aggregation: str = _opt(
+        "federation", "paper", "paper: G += 1/n sum(L-G); dba: G += eta/n sum(L-G).", choices=AGGREGATION_CHOICES
+    )
     server_lr: float = _opt("federation", 1.0, "eta of the dba aggregation (the DBA reference uses 0.1).")
     min_replies: int = _opt("federation", 1, "Skip a round (keep the model) when fewer valid replies arrive.")
     round_timeout: float = _opt("placement", 3600.0, "Seconds the server waits for the replies of one round.")
@@ -120,64 +144,139 @@ class ExperimentConfig:
     weight_decay: float = _opt("training", 5e-4, "Client SGD weight decay.")
     batch_size: int = _opt("training", 64, "Client batch size.")
     local_epochs: int = _opt("training", 1, "Benign local epochs per round.")
-    lr_decay: float = _opt("training", 0.98, "Client and attacker learning rates are multiplied by this every round: lr * decay^(round-1).")
+    lr_decay: float = _opt(
+        "training", 0.98, "Client and attacker learning rates are multiplied by this every round: lr * decay^(round-1)."
+    )
     last_conv_l2: float = _opt("training", 0.0, "L2 penalty (lambda) on the last conv layer during training (Fig. 10).")
     # --- attack ------------------------------------------------------------------
-    attack_mode: str = _opt("partition", "victim", "victim: VL -> AL (the paper); all-to-one: every label -> AL (DBA).", choices=ATTACK_MODES)
+    attack_mode: str = _opt(
+        "partition",
+        "victim",
+        "victim: VL -> AL (the paper); all-to-one: every label -> AL (DBA).",
+        choices=ATTACK_MODES,
+    )
     num_attackers: int = _opt("partition", 1, "Attackers are clients 0..n-1 unless attacker-ids is set.")
     attacker_ids: str = _opt("partition", "", "Comma-separated attacker client ids (overrides num-attackers).")
-    attack_rounds: str = _opt("schedule", "all", "Rounds in which attackers poison, e.g. 'all', '11-20', '25,30'; one spec per "
-                                     "attacker separated by '/' gives each its own rounds (DBA: '203/205/207/209').")
-    attackers_always_selected: bool = _opt("schedule", True, "With fraction < 1, attackers are sampled in their attack rounds.")
+    attack_rounds: str = _opt(
+        "schedule",
+        "all",
+        "Rounds in which attackers poison, e.g. 'all', '11-20', '25,30'; one spec per "
+        "attacker separated by '/' gives each its own rounds (DBA: '203/205/207/209').",
+    )
+    attackers_always_selected: bool = _opt(
+        "schedule", True, "With fraction < 1, attackers are sampled in their attack rounds."
+    )
     victim_label: int = _opt("partition", 9, "VL: the label whose triggered images should flip (victim mode).")
     attack_label: int = _opt("attack", 0, "AL: the label the trigger should produce.")
-    trigger: str = _opt("attack", "pixel-1", "pixel-1/3/5/7/9 (BadNets patterns) or dba (four local pieces).",
-                       choices=TRIGGER_CHOICES)
-    trigger_origin: str = _opt("attack", "", "row,col of the trigger pattern's top-left pixel; empty = the pattern's own place.")
-    dba_pieces: str = _opt("attack", "", "DBA piece (0-3) held by each attacker, comma-separated; empty = attacker k holds k mod 4.")
+    trigger: str = _opt(
+        "attack", "pixel-1", "pixel-1/3/5/7/9 (BadNets patterns) or dba (four local pieces).", choices=TRIGGER_CHOICES
+    )
+    trigger_origin: str = _opt(
+        "attack", "", "row,col of the trigger pattern's top-left pixel; empty = the pattern's own place."
+    )
+    dba_pieces: str = _opt(
+        "attack", "", "DBA piece (0-3) held by each attacker, comma-separated; empty = attacker k holds k mod 4."
+    )
     poison_per_batch: int = _opt("attack", 20, "all-to-one: poisoned samples in each batch of 'batch-size'.")
-    gamma: float = _opt("attack", 2.0, "Model-replacement scale: the attacker submits G + gamma * (L - G); 1 <= gamma <= n/eta "
-                             "(n clients per round; n/eta = N in the paper's FedAvg, 100 in DBA's).")
+    gamma: float = _opt(
+        "attack",
+        2.0,
+        "Model-replacement scale: the attacker submits G + gamma * (L - G); 1 <= gamma <= n/eta "
+        "(n clients per round; n/eta = N in the paper's FedAvg, 100 in DBA's).",
+    )
     poison_lr: float = _opt("attack", 0.2, "Attacker learning rate.")
     poison_epochs: int = _opt("attack", 4, "Attacker local epochs.")
     poison_lr_steps: bool = _opt("attack", False, "Attacker lr x0.1 at 20% and 80% of its epochs (DBA reference).")
-    adaptive_attack: str = _opt("attack", "none", "Adaptive attacker (Sec. VI-B; clients/behaviours).",
-                                choices=ADAPTIVE_CHOICES)
+    adaptive_attack: str = _opt(
+        "attack", "none", "Adaptive attacker (Sec. VI-B; clients/behaviours).", choices=ADAPTIVE_CHOICES
+    )
     adaptive_delta: float = _opt("attack", 3.0, "Delta within which the aw-aware attacker clips its last conv layer.")
-    oracle_checkpoint: str = _opt("attack", "", "pruning-aware-oracle: checkpoint whose pruning mask the attacker is given.")
-    malformed_reply: str = _opt("faults", "none", "Attackers send this kind of invalid reply (clients/behaviours/malformed.py); "
-                                "one kind per attacker separated by '/' gives each its own.")
+    oracle_checkpoint: str = _opt(
+        "attack", "", "pruning-aware-oracle: checkpoint whose pruning mask the attacker is given."
+    )
+    malformed_reply: str = _opt(
+        "faults",
+        "none",
+        "Attackers send this kind of invalid reply (clients/behaviours/malformed.py); "
+        "one kind per attacker separated by '/' gives each its own.",
+    )
     # --- defense -------------------------------------------------------------------
-    defense: str = _opt("cleansing", "train-only", "A mode of the paper (train-only, fp, fp-aw, all, aw) or a comma-separated "
-                                       "list of phases (server_strategies/phases; 'name?' runs a phase, reports it and "
-                                       "undoes it): all = prune,aw?,finetune,aw.")
-    pruning_method: str = _opt("cleansing", "rap", "rap: aggregate ranks; mvp: majority votes.", choices=PRUNING_METHODS)
-    pruning_layer: str = _opt("cleansing", "", "Layer whose neurons are ranked and pruned; empty = the model's last conv layer.")
+    defense: str = _opt(
+        "cleansing",
+        "train-only",
+        "A mode of the paper (train-only, fp, fp-aw, all, aw) or a comma-separated "
+        "list of phases (server_strategies/phases; 'name?' runs a phase, reports it and "
+        "undoes it): all = prune,aw?,finetune,aw.",
+    )
+    pruning_method: str = _opt(
+        "cleansing", "rap", "rap: aggregate ranks; mvp: majority votes.", choices=PRUNING_METHODS
+    )
+    pruning_layer: str = _opt(
+        "cleansing", "", "Layer whose neurons are ranked and pruned; empty = the model's last conv layer."
+    )
     mvp_rate: float = _opt("cleansing", 0.5, "p of MVP: each client votes to prune its p*P least active neurons.")
-    pruning_accuracy: str = _opt("cleansing", "server", "Accuracy for the pruning stop: server validation set or client reports.", choices=PRUNING_ACCURACY_SOURCES)
-    pruning_max_drop: float = _opt("cleansing", 0.01, "Pruning stops when validation accuracy drops more than this (see pruning-stop).")
-    pruning_stop: str = _opt("cleansing", "per-step", "per-step: stop before the count whose accuracy drops more than pruning-max-drop "
-                                         "below the previous count's (Sec. V-C); cumulative: below the unpruned model's.",
-                             choices=PRUNING_STOPS)
+    pruning_accuracy: str = _opt(
+        "cleansing",
+        "server",
+        "Accuracy for the pruning stop: server validation set or client reports.",
+        choices=PRUNING_ACCURACY_SOURCES,
+    )
+    pruning_max_drop: float = _opt(
+        "cleansing", 0.01, "Pruning stops when validation accuracy drops more than this (see pruning-stop)."
+    )
+    pruning_stop: str = _opt(
+        "cleansing",
+        "per-step",
+        "per-step: stop before the count whose accuracy drops more than pruning-max-drop "
+        "below the previous count's (Sec. V-C); cumulative: below the unpruned model's.",
+        choices=PRUNING_STOPS,
+    )
     finetune_rounds: int = _opt("cleansing", 10, "Maximum federated fine-tuning rounds.")
-    finetune_patience: int = _opt("cleansing", 2, "Stop fine-tuning after this many rounds without improving on the best accuracy "
-                                     "so far (the pruned model's included).")
-    finetune_keep: str = _opt("cleansing", "last", "Model fine-tuning hands to AW: last (the model when it stops, Algorithm 1) or "
-                                      "best (best validation accuracy, the pruned model of round 0 included).",
-                              choices=FINETUNE_KEEPS)
-    finetune_attack: str = _opt("cleansing", "replace", "Attackers during fine-tuning: replace (poison and boost by gamma, as in "
-                                           "training), poison (gamma 1) or benign (train honestly).",
-                                choices=FINETUNE_ATTACKS)
-    aw_delta: float = _opt("cleansing", 0.0, "Fixed AW threshold Delta (the paper's fixed value is 3); 0 = adaptive search.")
+    finetune_patience: int = _opt(
+        "cleansing",
+        2,
+        "Stop fine-tuning after this many rounds without improving on the best accuracy "
+        "so far (the pruned model's included).",
+    )
+    finetune_keep: str = _opt(
+        "cleansing",
+        "last",
+        "Model fine-tuning hands to AW: last (the model when it stops, Algorithm 1) or "
+        "best (best validation accuracy, the pruned model of round 0 included).",
+        choices=FINETUNE_KEEPS,
+    )
+    finetune_attack: str = _opt(
+        "cleansing",
+        "replace",
+        "Attackers during fine-tuning: replace (poison and boost by gamma, as in "
+        "training), poison (gamma 1) or benign (train honestly).",
+        choices=FINETUNE_ATTACKS,
+    )
+    aw_delta: float = _opt(
+        "cleansing", 0.0, "Fixed AW threshold Delta (the paper's fixed value is 3); 0 = adaptive search."
+    )
     aw_delta_start: float = _opt("cleansing", 10.0, "Adaptive AW: first Delta.")
     aw_delta_step: float = _opt("cleansing", 0.25, "Adaptive AW: Delta decrement.")
     aw_delta_min: float = _opt("cleansing", 0.5, "Adaptive AW: smallest Delta tried.")
-    aw_max_drop: float = _opt("cleansing", 0.01, "Adaptive AW: keep shrinking Delta while validation accuracy stays within this of its start.")
-    aw_keep: str = _opt("cleansing", "crossing", "Adaptive AW: keep the Delta whose accuracy crossed the threshold (Algorithm 1) or "
-                                    "the last one that passed.", choices=AW_KEEPS)
-    aw_stats: str = _opt("cleansing", "all", "mu and sigma of AW over all weights of the layer, a pruned neuron's counted as zero "
-                                "(Sec. IV-C), or over the kept neurons' weights only.", choices=AW_STATS)
-    curve_points: int = _opt("cleansing", 16, "Points of the pruning (Fig. 5) and Delta (Fig. 6) curves; 0 = no curves.")
+    aw_max_drop: float = _opt(
+        "cleansing", 0.01, "Adaptive AW: keep shrinking Delta while validation accuracy stays within this of its start."
+    )
+    aw_keep: str = _opt(
+        "cleansing",
+        "crossing",
+        "Adaptive AW: keep the Delta whose accuracy crossed the threshold (Algorithm 1) or the last one that passed.",
+        choices=AW_KEEPS,
+    )
+    aw_stats: str = _opt(
+        "cleansing",
+        "all",
+        "mu and sigma of AW over all weights of the layer, a pruned neuron's counted as zero "
+        "(Sec. IV-C), or over the kept neurons' weights only.",
+        choices=AW_STATS,
+    )
+    curve_points: int = _opt(
+        "cleansing", 16, "Points of the pruning (Fig. 5) and Delta (Fig. 6) curves; 0 = no curves."
+    )
     # --- evaluation and compute ------------------------------------------------------
     eval_every: int = _opt("evaluation", 1, "Evaluate the global model every this many rounds (and after the last).")
     eval_batch_size: int = _opt("placement", 1000, "Batch size of evaluation.")
@@ -192,7 +291,7 @@ class ExperimentConfig:
         return [f.name.replace("_", "-") for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_flat(cls, values: Mapping[str, Any], *, validate: bool = True) -> "ExperimentConfig":
+    def from_flat(cls, values: Mapping[str, Any], *, validate: bool = True) -> ExperimentConfig:
         """Build a config from flat kebab-case (or snake_case) keys, coercing strings.
 
         Raises ConfigError for an unknown key or a value of the wrong type.
@@ -213,7 +312,7 @@ class ExperimentConfig:
         """The config as flat kebab-case keys with scalar values."""
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def replace(self, **changes: Any) -> "ExperimentConfig":
+    def replace(self, **changes: Any) -> ExperimentConfig:
         """A validated copy with some values changed (snake_case names)."""
         flat = self.to_flat()
         flat.update({k.replace("_", "-"): v for k, v in changes.items()})
@@ -239,7 +338,7 @@ class ExperimentConfig:
     @property
     def clients_per_round(self) -> int:
         """Number of clients sampled in a round."""
-        return self.num_clients if self.fraction >= 1.0 else max(1, int(round(self.fraction * self.num_clients)))
+        return self.num_clients if self.fraction >= 1.0 else max(1, round(self.fraction * self.num_clients))
 
     @property
     def attackers(self) -> tuple[int, ...]:
@@ -305,15 +404,20 @@ class ExperimentConfig:
         channels, size = model_input(self.model_name)
         data_channels, data_size = (3, 32) if self.dataset == "cifar10" else (1, 28)
         if (channels, size) != (data_channels, data_size):
-            raise ConfigError(f"model: '{self.model_name}' takes {channels}x{size}x{size} inputs, "
-                              f"{self.dataset} images are {data_channels}x{data_size}x{data_size}")
+            raise ConfigError(
+                f"model: '{self.model_name}' takes {channels}x{size}x{size} inputs, "
+                f"{self.dataset} images are {data_channels}x{data_size}x{data_size}"
+            )
         _check(self.num_clients >= 1, "num-clients", f"must be >= 1, got {self.num_clients}")
         _check(self.num_rounds >= 0, "num-rounds", f"must be >= 0, got {self.num_rounds}")
         _check(0.0 < self.fraction <= 1.0, "fraction", f"must be in (0, 1], got {self.fraction}")
         _check(0.0 < self.data_fraction <= 1.0, "data-fraction", f"must be in (0, 1], got {self.data_fraction}")
         _check(self.test_subset >= 0, "test-subset", f"must be >= 0, got {self.test_subset}")
-        _check(1 <= self.labels_per_client <= NUM_CLASSES, "labels-per-client",
-               f"must be in 1..{NUM_CLASSES}, got {self.labels_per_client}")
+        _check(
+            1 <= self.labels_per_client <= NUM_CLASSES,
+            "labels-per-client",
+            f"must be in 1..{NUM_CLASSES}, got {self.labels_per_client}",
+        )
         _check(self.dirichlet_alpha > 0, "dirichlet-alpha", f"must be > 0, got {self.dirichlet_alpha}")
         for key in ("lr", "poison_lr", "server_lr"):
             _check(getattr(self, key) > 0, key.replace("_", "-"), f"must be > 0, got {getattr(self, key)}")
@@ -324,45 +428,61 @@ class ExperimentConfig:
         self.widths  # noqa: B018 - parses model-widths
         attackers = self.attackers
         if not self.attacker_ids.strip():
-            _check(0 <= self.num_attackers <= self.num_clients, "num-attackers",
-                   f"{self.num_attackers} attackers but only {self.num_clients} clients")
+            _check(
+                0 <= self.num_attackers <= self.num_clients,
+                "num-attackers",
+                f"{self.num_attackers} attackers but only {self.num_clients} clients",
+            )
         _check(len(set(attackers)) == len(attackers), "attacker-ids", f"repeated ids in '{self.attacker_ids}'")
         bad = [a for a in attackers if not 0 <= a < self.num_clients]
         _check(not bad, "attacker-ids", f"ids {bad} out of range 0..{self.num_clients - 1}")
         specs = self.attack_rounds.split("/")
         for spec in specs:
             parse_round_spec(spec, "attack-rounds")
-        _check(len(specs) in (1, len(attackers)), "attack-rounds",
-               f"{len(specs)} '/'-separated specs for {len(attackers)} attackers")
+        _check(
+            len(specs) in (1, len(attackers)),
+            "attack-rounds",
+            f"{len(specs)} '/'-separated specs for {len(attackers)} attackers",
+        )
         for key in ("victim_label", "attack_label"):
             value = getattr(self, key)
             _check(0 <= value < NUM_CLASSES, key.replace("_", "-"), f"label {value} out of range 0..{NUM_CLASSES - 1}")
         if self.attack_mode == "victim" and attackers:
             _check(self.victim_label != self.attack_label, "attack-label", "must differ from victim-label")
         replace_at = self.clients_per_round / self.server_eta
-        _check(1.0 <= self.gamma <= max(replace_at, 1.0) + 1e-9, "gamma",
-               f"must be in [1, n/eta={replace_at:g}] (n={self.clients_per_round} clients per round; "
-               f"gamma = n/eta replaces the global model), got {self.gamma}")
-        _check(0 <= self.poison_per_batch <= self.batch_size, "poison-per-batch",
-               f"must be in 0..batch-size ({self.batch_size}), got {self.poison_per_batch}")
+        _check(
+            1.0 <= self.gamma <= max(replace_at, 1.0) + 1e-9,
+            "gamma",
+            f"must be in [1, n/eta={replace_at:g}] (n={self.clients_per_round} clients per round; "
+            f"gamma = n/eta replaces the global model), got {self.gamma}",
+        )
+        _check(
+            0 <= self.poison_per_batch <= self.batch_size,
+            "poison-per-batch",
+            f"must be in 0..batch-size ({self.batch_size}), got {self.poison_per_batch}",
+        )
         from .triggers import trigger_for, trigger_pieces
 
         pieces, count = parse_int_list(self.dba_pieces, "dba-pieces"), trigger_pieces(self.trigger)
         if pieces:
             _check(count > 0, "dba-pieces", f"trigger '{self.trigger}' is not distributed in pieces")
-            _check(len(pieces) == len(attackers), "dba-pieces",
-                   f"{len(pieces)} pieces for {len(attackers)} attackers")
-            _check(all(0 <= p < count for p in pieces), "dba-pieces",
-                   f"pieces must be 0..{count - 1}, got {pieces}")
+            _check(len(pieces) == len(attackers), "dba-pieces", f"{len(pieces)} pieces for {len(attackers)} attackers")
+            _check(all(0 <= p < count for p in pieces), "dba-pieces", f"pieces must be 0..{count - 1}, got {pieces}")
         origin = parse_int_list(self.trigger_origin, "trigger-origin")
         _check(len(origin) in (0, 2), "trigger-origin", f"expected 'row,col', got '{self.trigger_origin}'")
         trigger = trigger_for(self.trigger, data_size, origin)
         outside = trigger.outside(data_size)
-        _check(not outside, "trigger-origin",
-               f"trigger '{self.trigger}' puts pixels {outside[:3]} outside the {data_size}x{data_size} image")
+        _check(
+            not outside,
+            "trigger-origin",
+            f"trigger '{self.trigger}' puts pixels {outside[:3]} outside the {data_size}x{data_size} image",
+        )
         _check(0.0 < self.mvp_rate < 1.0, "mvp-rate", f"must be in (0, 1), got {self.mvp_rate}")
-        _check(0.0 < self.validation_fraction < 0.5, "validation-fraction",
-               f"must be in (0, 0.5), got {self.validation_fraction}")
+        _check(
+            0.0 < self.validation_fraction < 0.5,
+            "validation-fraction",
+            f"must be in (0, 0.5), got {self.validation_fraction}",
+        )
         for key in ("pruning_max_drop", "aw_max_drop"):
             value = getattr(self, key)
             _check(0.0 <= value <= 1.0, key.replace("_", "-"), f"must be in [0, 1], got {value}")
@@ -371,8 +491,11 @@ class ExperimentConfig:
         _check(self.finetune_patience >= 1, "finetune-patience", f"must be >= 1, got {self.finetune_patience}")
         _check(self.aw_delta >= 0, "aw-delta", f"must be >= 0, got {self.aw_delta}")
         _check(self.aw_delta_step > 0, "aw-delta-step", f"must be > 0, got {self.aw_delta_step}")
-        _check(0 < self.aw_delta_min <= self.aw_delta_start, "aw-delta-min",
-               f"must be in (0, aw-delta-start={self.aw_delta_start}], got {self.aw_delta_min}")
+        _check(
+            0 < self.aw_delta_min <= self.aw_delta_start,
+            "aw-delta-min",
+            f"must be in (0, aw-delta-start={self.aw_delta_start}], got {self.aw_delta_min}",
+        )
         _check(self.client_cpus > 0, "client-cpus", f"must be > 0, got {self.client_cpus}")
         importlib.import_module("server_strategies.phases").defense_steps(self.defense)
         _check(self.device in ("auto", "cpu", "cuda"), "device", f"'{self.device}' is not one of auto, cpu, cuda")
@@ -381,11 +504,17 @@ class ExperimentConfig:
         malformed = MALFORMED_CHOICES()
         for kind in kinds:
             _check(kind in malformed, "malformed-reply", unknown_choice("kind", kind, malformed))
-        _check(len(kinds) in (1, len(attackers)), "malformed-reply",
-               f"{len(kinds)} '/'-separated kinds for {len(attackers)} attackers")
+        _check(
+            len(kinds) in (1, len(attackers)),
+            "malformed-reply",
+            f"{len(kinds)} '/'-separated kinds for {len(attackers)} attackers",
+        )
         _check(self.adaptive_delta > 0, "adaptive-delta", f"must be > 0, got {self.adaptive_delta}")
-        _check(self.adaptive_attack != "pruning-aware-oracle" or bool(self.oracle_checkpoint), "oracle-checkpoint",
-               "pruning-aware-oracle needs the checkpoint holding the final mask")
+        _check(
+            self.adaptive_attack != "pruning-aware-oracle" or bool(self.oracle_checkpoint),
+            "oracle-checkpoint",
+            "pruning-aware-oracle needs the checkpoint holding the final mask",
+        )
         _check(not (self.resume and not self.run_name), "resume", "needs run-name (the run directory to continue)")
 
 
@@ -499,22 +628,20 @@ def markdown_reference() -> str:
 
 def sync_pyproject(path: str = "pyproject.toml") -> None:
     """Rewrite the body of [tool.flwr.app.config] in pyproject.toml from the schema."""
-    text = open(path).read()
+    text = Path(path).read_text()
     head, marker, rest = text.partition("[tool.flwr.app.config]\n")
     if not marker:
         raise SystemExit(f"{path} has no [tool.flwr.app.config] table")
-    tail = rest[rest.index("\n[") + 1:] if "\n[" in rest else ""
-    with open(path, "w") as fh:
-        fh.write(head + marker + toml_table() + "\n" + ("\n" + tail if tail else ""))
+    tail = rest[rest.index("\n[") + 1 :] if "\n[" in rest else ""
+    Path(path).write_text(head + marker + toml_table() + "\n" + ("\n" + tail if tail else ""))
 
 
 def sync_readme(path: str = "README.md") -> None:
     """Replace the configuration table of the README with markdown_reference()."""
-    text = open(path).read()
+    text = Path(path).read_text()
     start = text.index("| key | default | meaning |")
     end = text.index("\n\n", start) + 1
-    with open(path, "w") as fh:
-        fh.write(text[:start] + markdown_reference() + text[end:])
+    Path(path).write_text(text[:start] + markdown_reference() + text[end:])
 
 
 if __name__ == "__main__":

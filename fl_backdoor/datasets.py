@@ -21,7 +21,6 @@ import os
 import pickle
 import subprocess
 import sys
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,14 +61,6 @@ _CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 _CIFAR_DIR = "cifar-10-batches-py"
 _CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
-CLASS_NAMES = {
-    "mnist": [str(i) for i in range(10)],
-    "fashion-mnist": ["t-shirt", "trouser", "pullover", "dress", "coat",
-                      "sandal", "shirt", "sneaker", "bag", "ankle-boot"],
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer",
-                "dog", "frog", "horse", "ship", "truck"],
-}
-
 
 class DatasetUnavailable(UserError):
     """A dataset is neither on disk nor downloadable; the message says where and what."""
@@ -85,7 +76,7 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def subset(self, index: torch.Tensor | np.ndarray) -> "Split":
+    def subset(self, index: torch.Tensor | np.ndarray) -> Split:
         """The samples at these indices (a copy)."""
         index = torch.as_tensor(index, dtype=torch.long)
         return Split(self.x[index], self.y[index])
@@ -169,7 +160,7 @@ def _ensure_files(dataset: str, folder: Path, names: tuple[str, ...], download: 
             try:
                 download_url(mirror + name, str(folder), filename=name, md5=md5s[name])
                 break
-            except Exception as exc:  # noqa: BLE001 - any network failure means: try the next mirror
+            except Exception as exc:  # any network failure means: try the next mirror
                 errors.append(f"{mirror}: {exc.__class__.__name__}")
         else:
             raise DatasetUnavailable(_missing_message(folder, names, "download failed: " + "; ".join(errors)))
@@ -185,8 +176,9 @@ def _ensure_cifar(folder: Path, download: bool) -> None:
 
     try:
         download_and_extract_archive(_CIFAR_URL, str(folder.parent), md5=_CIFAR_MD5)
-    except Exception as exc:  # noqa: BLE001
-        raise DatasetUnavailable(_missing_message(folder, names, f"download failed: {exc.__class__.__name__}")) from None
+    except Exception as exc:
+        reason = f"download failed: {exc.__class__.__name__}"
+        raise DatasetUnavailable(_missing_message(folder, names, reason)) from None
 
 
 def link_offline_copy(source: Path, data_dir: Path, cifar: bool = True) -> None:

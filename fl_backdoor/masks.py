@@ -9,7 +9,9 @@ clients with every fine-tuning message.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -40,9 +42,16 @@ class NeuronMask:
         return {"layer": self.layer, "size": self.size, "pruned": list(self.pruned)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "NeuronMask":
+    def from_dict(cls, data: dict) -> NeuronMask:
         """Inverse of to_dict."""
         return cls(str(data["layer"]), int(data["size"]), tuple(int(i) for i in data["pruned"]))
+
+
+def neuron_output_module(model: nn.Module, layer: str) -> nn.Module:
+    """The module whose output holds ``layer``'s neuron activations (``model.neuron_outputs[layer]``)."""
+    # an attribute every model sets (fl_backdoor.models); nn.Module types unknown attributes as Tensor | Module
+    outputs = cast("Mapping[str, str]", model.neuron_outputs)
+    return model.get_submodule(outputs[layer])
 
 
 def install_mask(model: nn.Module, mask: NeuronMask | None) -> nn.Module:
@@ -64,7 +73,7 @@ def install_mask(model: nn.Module, mask: NeuronMask | None) -> nn.Module:
         shape = (1, -1) + (1,) * (output.dim() - 2)
         return output * keep_cache[output.device].view(shape)
 
-    handle = model.get_submodule(model.neuron_outputs[mask.layer]).register_forward_hook(zero_pruned)
+    handle = neuron_output_module(model, mask.layer).register_forward_hook(zero_pruned)
     setattr(model, _HANDLE_ATTR, handle)
     return model
 

@@ -69,7 +69,7 @@ def k_labels(labels: np.ndarray, num_clients: int, k: int, seed: int, *,
         if not clients:
             continue
         idx = rng.permutation(np.flatnonzero(labels == label))
-        for client, part in zip(clients, np.array_split(idx, len(clients))):
+        for client, part in zip(clients, np.array_split(idx, len(clients)), strict=True):
             shares[client].append(part)
     parts = [np.concatenate(s) if s else np.zeros(0, dtype=np.int64) for s in shares]
     if equal_size:
@@ -103,6 +103,6 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndar
     keep = []
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
-        n = max(1, int(round(len(idx) * fraction)))
+        n = max(1, round(len(idx) * fraction))
         keep.append(rng.choice(idx, size=n, replace=False))
     return np.sort(np.concatenate(keep))

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # after use("Agg"): no display backend
 
 
-def plot_curves(path: Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str,
+def plot_curves(path: Path, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str,
                 title: str, ylabel: str = "accuracy (%)", invert_x: bool = False) -> None:
     """Line plot of named (x, y) curves; y in [0, 1] is drawn as a percentage, AA curves dashed."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
@@ -34,7 +34,7 @@ def plot_bars(path: Path, groups: Sequence[str], panels: dict[str, dict[str, Seq
     """Grouped bar chart, one panel per entry of ``panels`` ({series: one value per group}, None = no bar)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 0.55 * len(groups) * len(panels) + 3), 3.8),
                              dpi=120, squeeze=False)
-    for ax, (panel, series) in zip(axes[0], panels.items()):
+    for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
         width = 0.8 / max(len(series), 1)
         for i, (name, values) in enumerate(series.items()):
             xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]

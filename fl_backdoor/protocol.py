@@ -12,11 +12,12 @@ Every message carries:
 from __future__ import annotations
 
 import json
+from typing import TypeVar
 
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, MetricRecord
 
-from fl_backdoor.masks import NeuronMask
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.masks import NeuronMask
 
 ARRAYS = "arrays"
 RUN_CONFIG = "run-config"
@@ -29,6 +30,7 @@ RANK_NEURONS = "query.rank_neurons"
 CANDIDATE_ACCURACY = "query.candidate_accuracy"
 
 _CONFIG_CACHE: dict[str, ExperimentConfig] = {}
+N = TypeVar("N", int, float)
 
 
 def config_record(cfg: ExperimentConfig) -> ConfigRecord:
@@ -45,7 +47,7 @@ def read_config(record: ConfigRecord) -> ExperimentConfig:
     return _CONFIG_CACHE[key]
 
 
-def mask_entries(mask: NeuronMask | None) -> dict:
+def mask_entries(mask: NeuronMask | None) -> dict[str, str | int | list[int]]:
     """ConfigRecord entries describing a mask (none when there is no mask)."""
     if mask is None:
         return {}
@@ -56,5 +58,21 @@ def read_mask(record: ConfigRecord) -> NeuronMask | None:
     """The mask in a message's config, if any."""
     if "mask-layer" not in record:
         return None
-    return NeuronMask(str(record["mask-layer"]), int(record["mask-size"]),
-                      tuple(int(i) for i in record.get("mask-pruned", [])))
+    return NeuronMask(str(record["mask-layer"]), number(record, "mask-size", int),
+                      tuple(numbers(record, "mask-pruned", int)))
+
+
+def number(record: ConfigRecord | MetricRecord, key: str, kind: type[N]) -> N:
+    """A numeric entry of a record as ``kind``; ValueError when it is not a number."""
+    value = record[key]
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"'{key}' is not a number: {value!r}")
+    return kind(value)
+
+
+def numbers(record: ConfigRecord, key: str, kind: type[N]) -> list[N]:
+    """A list entry of numbers (empty when absent); ValueError when it holds anything else."""
+    values = record.get(key, [])
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+        raise ValueError(f"'{key}' is not a list of numbers")
+    return [kind(v) for v in values]

@@ -109,7 +109,8 @@ def load_plugins(spec: str) -> None:
 def _load_file(path: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"plugins: no such file {path}")
-    if any(getattr(m, "__file__", None) and Path(m.__file__).resolve() == path for m in list(sys.modules.values())):
+    loaded = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
+    if any(Path(f).resolve() == path for f in loaded if f):
         return  # already imported (e.g. a test module that registers its own components)
     name = f"fl_backdoor_plugin_{path.stem}_{abs(hash(str(path))):x}"
     spec = importlib.util.spec_from_file_location(name, path)

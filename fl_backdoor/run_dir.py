@@ -15,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -109,7 +110,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
+    except Exception as exc:  # torch raises many kinds for a bad file
         raise CheckpointError(f"{path} is not a readable checkpoint ({exc.__class__.__name__})") from None
     if not isinstance(data, dict) or "state_dict" not in data:
         raise CheckpointError(f"{path} is not an fl-backdoor checkpoint (no state_dict)")
@@ -123,7 +124,7 @@ class RunDirectory:
         self.path = path
 
     @classmethod
-    def create(cls, cfg: ExperimentConfig) -> "RunDirectory":
+    def create(cls, cfg: ExperimentConfig) -> RunDirectory:
         """Make (or, with resume, reopen) the run's directory and record config and versions."""
         base = Path(cfg.output_dir).expanduser().resolve()
         if cfg.resume:

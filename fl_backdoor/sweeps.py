@@ -30,11 +30,12 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from .config import ExperimentConfig, UserError
 from .datasets import resolve_data_dir
@@ -43,16 +44,11 @@ Runner = Callable[[ExperimentConfig], Path]
 
 RUNS_DIR = "runs"
 LOGS_DIR = "logs"
-SWEEP_KEYS = ("output-dir", "run-name", "resume", "init-checkpoint")  # set by the sweep for each run
-# keys that say where or how a run executes, not what it computes: not part of an experiment's identity
-PLACEMENT_KEYS = ("output-dir", "run-name", "resume", "init-checkpoint", "data-dir", "download", "client-cpus",
-                  "client-gpus", "device", "round-timeout", "eval-batch-size")
-# keys that only matter once attackers poison or a defense runs: reset in a clean pretraining
-ATTACK_KEYS = ("attack-label", "trigger", "trigger-origin", "dba-pieces", "poison-per-batch", "gamma", "poison-lr",
-               "poison-epochs", "poison-lr-steps", "adaptive-attack", "adaptive-delta", "oracle-checkpoint")
-DEFENSE_KEYS = ("defense", "pruning-method", "pruning-layer", "mvp-rate", "pruning-accuracy", "pruning-max-drop",
-                "pruning-stop", "finetune-rounds", "finetune-patience", "finetune-keep", "finetune-attack", "aw-delta",
-                "aw-delta-start", "aw-delta-step", "aw-delta-min", "aw-max-drop", "aw-keep", "aw-stats", "curve-points")
+# the key lists below come from the roles every config key declares (fl_backdoor.config.ROLES)
+SWEEP_KEYS = ExperimentConfig.keys_with_role("sweep")  # set by the sweep for each run
+PLACEMENT_KEYS = ExperimentConfig.keys_with_role("placement")  # not part of an experiment's identity
+ATTACK_KEYS = ExperimentConfig.keys_with_role("attack")  # reset in a clean pretraining
+DEFENSE_KEYS = ExperimentConfig.keys_with_role("cleansing")  # ignored by a training-only run's identity
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -62,7 +58,7 @@ class Experiment:
 
     label: str
     config: Mapping[str, Any] = field(hash=False)
-    parent: "Experiment | None" = None
+    parent: Experiment | None = None
 
     def __post_init__(self) -> None:
         if not _LABEL.match(self.label):
@@ -95,7 +91,7 @@ class Experiment:
         """Run directory name: label and digest, the same on every rerun of the same experiment."""
         return f"{self.label}-{self.digest}"
 
-    def child(self, label: str, **changes: Any) -> "Experiment":
+    def child(self, label: str, **changes: Any) -> Experiment:
         """An experiment starting from this one's trained model: same config with changes, no new rounds
         unless ``num-rounds`` is given (kebab- or snake-case keys)."""
         values = {**self.config, "num-rounds": 0}
@@ -214,7 +210,7 @@ def actor_limit(limit: int) -> Iterator[None]:
     from flwr.simulation.ray_transport import ray_actor
 
     original = ray_actor.pool_size_from_resources
-    ray_actor.pool_size_from_resources = lambda resources: min(limit, original(resources))
+    ray_actor.pool_size_from_resources = lambda client_resources: min(limit, original(client_resources))
     try:
         yield
     finally:
@@ -256,9 +252,9 @@ def connect() -> tuple[float, bool]:
     if not ray.is_initialized():
         # workers import what this process imports (the project, a test module) from the same paths
         env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        local = {} if on_cluster else {"include_dashboard": False}
         ray.init(address=os.environ["RAY_ADDRESS"] if on_cluster else "local", log_to_driver=False,
-                 logging_level=logging.WARNING, runtime_env={"env_vars": env}, **local)
+                 logging_level=logging.WARNING, runtime_env={"env_vars": env},
+                 include_dashboard=None if on_cluster else False)  # None (the default): the cluster's own
     return float(ray.cluster_resources().get("CPU", 1.0)), on_cluster
 
 
@@ -339,7 +335,7 @@ def run_sweep(experiments: Sequence[Experiment], runner: Runner, results_dir: st
             try:
                 outcome.finished[exp.name] = Path(ray.get(done[0]))
                 bar.write(f"finished {exp.name} in {time.perf_counter() - started:.0f}s")
-            except Exception as exc:  # noqa: BLE001 - any failure of a task is reported, the sweep goes on
+            except Exception as exc:  # any failure of a task is reported, the sweep goes on
                 reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
                 outcome.failed[exp.name] = f"{reason} (log: {logs_dir / (exp.name + '.log')})"
                 bar.write(f"FAILED {exp.name}: {outcome.failed[exp.name]}")

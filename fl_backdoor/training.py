@@ -6,8 +6,9 @@ sample by sample and no DataLoader worker is involved.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import TypeVar, overload
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch import nn
 
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LossTerm = Callable[[nn.Module], torch.Tensor]
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,27 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return float((predict(model, x, batch_size) == y).float().mean())
 
 
+def layer_weight(model: nn.Module, layer: str) -> torch.Tensor:
+    """The weight parameter of the model's submodule ``layer`` (a conv or linear layer)."""
+    weight = model.get_submodule(layer).weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"layer {layer} has no weight tensor")
+    return weight
+
+
 def l2_on_layer(layer: str, strength: float) -> LossTerm:
     """Loss term strength * ||W||^2 on one layer's weight (the paper's Fig. 10 regulariser)."""
     def term(model: nn.Module) -> torch.Tensor:
-        return strength * model.get_submodule(layer).weight.pow(2).sum()
+        return strength * layer_weight(model, layer).pow(2).sum()
     return term
+
+
+@overload
+def to_device(item: ModuleT, device: torch.device) -> ModuleT: ...
+
+
+@overload
+def to_device(item: torch.Tensor, device: torch.device) -> torch.Tensor: ...
 
 
 def to_device(item: nn.Module | torch.Tensor, device: torch.device) -> nn.Module | torch.Tensor:
@@ -102,7 +120,8 @@ def to_device(item: nn.Module | torch.Tensor, device: torch.device) -> nn.Module
     weights than on the default layout; slices of a channels-last tensor keep the layout.
     """
     if isinstance(item, nn.Module):
-        return item.to(device=device, memory_format=torch.channels_last)
+        # two calls, as torch's stubs type Module.to(device=, memory_format=) as no overload; the same result
+        return item.to(device).to(memory_format=torch.channels_last)
     if item.dim() == 4:
         return item.to(device).contiguous(memory_format=torch.channels_last)
     return item.to(device)

@@ -24,8 +24,7 @@ from fl_backdoor.federation_data import validation_set
 from fl_backdoor.models import layer_neurons, resolve_layer
 from fl_backdoor.training import accuracy, to_device
 from server_strategies.phases import PHASES, Step, defense_steps
-from server_strategies.reply_checks import (Checker, accuracies_checker, evaluate_checker, ranking_checker,
-                                            votes_checker)
+from server_strategies.reply_checks import Checker, accuracies_checker, evaluate_checker, ranking_checker, votes_checker
 from server_strategies.server_run import ServerRun, percent
 
 
@@ -61,7 +60,8 @@ class Cleansing:
                                  gm.mask, check)
         valid = [payload for _, payload in replies]
         if len(valid) < self.cfg.min_replies:
-            raise CleansingAborted(f"{what}: only {len(valid)} valid client replies (min-replies {self.cfg.min_replies})")
+            raise CleansingAborted(f"{what}: only {len(valid)} valid client replies "
+                                   f"(min-replies {self.cfg.min_replies})")
         return valid
 
     def client_accuracies(self, kind: str, candidates: Sequence[float], order: Sequence[int] = ()) -> list[float]:

@@ -87,7 +87,7 @@ class Federation:
                 continue
             answered.add(client)
             if reply.has_error():
-                lines = [line for line in reply.error.reason.splitlines() if line.strip()] or ["(no reason)"]
+                lines = [line for line in (reply.error.reason or "").splitlines() if line.strip()] or ["(no reason)"]
                 self._drop(phase, server_round, "fault", client, node, f"client error: {lines[-1].strip()[:300]}")
                 continue
             try:

@@ -44,7 +44,8 @@ def map_clients_to_nodes(grid: Grid, num_clients: int, timeout: float = 120.0) -
     partition: dict[int, int] = {}
     for reply in grid.send_and_receive(queries, timeout=timeout):
         if not reply.has_error():
-            partition[reply.metadata.src_node_id] = int(reply.content[protocol.METRICS]["partition-id"])
+            metrics = reply.content.metric_records[protocol.METRICS]
+            partition[reply.metadata.src_node_id] = protocol.number(metrics, "partition-id", int)
     if not partition:
         raise RuntimeError("no SuperNode answered the describe query")
     by_partition = {p: n for n, p in partition.items()}

@@ -14,21 +14,28 @@ from typing import Any
 import torch
 from flwr.serverapp import Grid
 
-from fl_backdoor.masks import NeuronMask
 from fl_backdoor.allocator import keep_freed_memory
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.datasets import resolve_data_dir
 from fl_backdoor.evaluation import Evaluator
 from fl_backdoor.federation_data import client_partitions, test_set
+from fl_backdoor.masks import NeuronMask
 from fl_backdoor.models import build_model
-from fl_backdoor.run_dir import (CheckpointError, RunDirectory, atomic_write_text, load_checkpoint, read_csv,
-                                 write_csv, write_json)
+from fl_backdoor.run_dir import (
+    CheckpointError,
+    RunDirectory,
+    atomic_write_text,
+    load_checkpoint,
+    read_csv,
+    write_csv,
+    write_json,
+)
 from fl_backdoor.tables import markdown_table, result_row
 from fl_backdoor.training import pick_device, to_device
 from server_strategies.cleansing import Cleansing
-from server_strategies.phases import defense_steps
 from server_strategies.federation import DROP_KINDS, Federation
 from server_strategies.nodes import map_clients_to_nodes
+from server_strategies.phases import defense_steps
 from server_strategies.server_run import GlobalModel, RunState, ServerRun
 
 

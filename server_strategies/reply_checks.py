@@ -8,7 +8,8 @@ InvalidReply with a one-line reason.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, RecordDict

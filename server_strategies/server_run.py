@@ -7,15 +7,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, MessageType
 from flwr.serverapp import Grid
 
-from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.attacks import is_attacking
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.evaluation import Evaluator
+from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.plots import plot_curves
 from fl_backdoor.run_dir import RunDirectory, save_checkpoint, write_csv, write_json
 from server_strategies.aggregators import AGGREGATORS
@@ -70,7 +70,7 @@ class RunState:
         write_json(run_dir.path / "state.json", asdict(self))
 
     @classmethod
-    def load(cls, run_dir: RunDirectory) -> "RunState":
+    def load(cls, run_dir: RunDirectory) -> RunState:
         """Read state.json (a fresh state when absent)."""
         path = run_dir.path / "state.json"
         return cls(**json.loads(path.read_text())) if path.exists() else cls()

@@ -3,8 +3,17 @@
 import pytest
 import torch
 
-from defenses.anp import (ANPSettings, AdversarialNeuronPruning, PruningRule, anp_prune, apply_pruning,
-                          neuron_units, pgd_step, prune_by_fraction, prune_by_threshold)
+from defenses.anp import (
+    AdversarialNeuronPruning,
+    ANPSettings,
+    PruningRule,
+    anp_prune,
+    apply_pruning,
+    neuron_units,
+    pgd_step,
+    prune_by_fraction,
+    prune_by_threshold,
+)
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.models import build_model
 

@@ -1,6 +1,5 @@
 """Model replacement scaling and the attack schedule."""
 
-import pytest
 import torch
 
 from clients.local_training import run_local_job
@@ -45,7 +44,7 @@ def test_schedule_and_pieces():
     single_shot = cfg.replace(attack_rounds="3/5/7-8/9")
     assert [[r for r in range(1, 11) if is_attacking(single_shot, a, r, "train")] for a in (2, 5, 7, 8)] == \
         [[3], [5], [7, 8], [9]]
-    assert set(attacker_trigger(cfg, 7).pixels) == {(3, c) for c in range(0, 4)}
+    assert set(attacker_trigger(cfg, 7).pixels) == {(3, c) for c in range(4)}
 
 
 def test_poison_lr_steps_at_20_and_80_percent():

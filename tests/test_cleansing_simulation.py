@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.models import build_model
 from fl_backdoor.run_dir import load_checkpoint, read_csv
 from server_strategies.simulation import run_simulation

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from defenses.hasnet import collected_data
-from experiments.compare_defenses import main
+from experiments.compare_defenses import CompareOptions, ComparisonRun, comparison_of, main
 from fl_backdoor.config import ExperimentConfig, UserError
 from fl_backdoor.models import build_model
 from fl_backdoor.run_dir import read_csv, save_checkpoint, write_json
+from fl_backdoor.sweeps import Experiment, is_finished
 from fl_backdoor.training import SGDSettings, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +24,7 @@ FAST = ["--anp-iterations", "30", "--anp-batch-size", "32", "--nc-steps", "20", 
 
 
 @pytest.fixture(scope="module")
-def run_dir(data_dir, tmp_path_factory):
+def run_dir(data_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory as the federated training leaves it: config, trained checkpoint, results."""
     path = tmp_path_factory.mktemp("run")
     cfg = ExperimentConfig.from_flat({**SMALL, "data-dir": data_dir, "output-dir": str(path.parent)})
@@ -40,7 +41,7 @@ def run_dir(data_dir, tmp_path_factory):
     return path
 
 
-def test_one_table_with_every_defense_and_the_federated_rows(run_dir, tmp_path):
+def test_one_table_with_every_defense_and_the_federated_rows(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     rows = main(["--checkpoint", str(run_dir / "checkpoints" / "trained.pt"), "--out", str(out), "--anp-curve",
                  "-c", "test-subset=300", *FAST])
@@ -78,7 +79,7 @@ def test_one_table_with_every_defense_and_the_federated_rows(run_dir, tmp_path):
     assert [int(r["pruned"]) for r in curve] == sorted(int(r["pruned"]) for r in curve)
 
 
-def test_bad_input_is_one_error_line(run_dir, tmp_path):
+def test_bad_input_is_one_error_line(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--defenses"):
         main(["--checkpoint", str(run_dir / "checkpoints" / "trained.pt"), "--defenses", "anp,magic"])
     with pytest.raises(UserError, match="--anp-rules"):
@@ -90,3 +91,27 @@ def test_bad_input_is_one_error_line(run_dir, tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path / 'missing.pt'}"]
+
+
+def test_in_a_sweep_a_comparison_is_a_run_on_its_parents_model(run_dir: Path, tmp_path: Path) -> None:
+    options = CompareOptions(defenses=("fine-tuning",), ft_epochs=1)
+    cfg = ExperimentConfig.from_flat({**json.loads((run_dir / "config.json").read_text()), "num-rounds": 0,
+                                      "init-checkpoint": str(run_dir / "checkpoints" / "trained.pt"),
+                                      "output-dir": str(tmp_path), "run-name": "cmp"})
+    out = ComparisonRun(options)(cfg)
+    assert out == tmp_path / "cmp" and is_finished(out)
+    assert [r["defense"] for r in read_csv(out / "table.csv")] == \
+        ["Training (backdoored)", "Federated FP", "Federated All", "Fine-tuning"]
+    assert json.loads((out / "config.json").read_text())["comparison"]["defenses"] == ["fine-tuning"]
+    with pytest.raises(UserError, match="init-checkpoint"):
+        ComparisonRun(options)(cfg.replace(init_checkpoint=""))
+
+
+def test_a_comparison_is_named_by_its_training_and_every_option() -> None:
+    training = Experiment("mnist-9to0-train", {"dataset": "mnist"})
+    compared = comparison_of(training, CompareOptions())
+    assert compared.parent == training and compared.label.startswith("mnist-9to0-compare-")
+    assert compared.name == comparison_of(training, CompareOptions()).name
+    assert compared.name != comparison_of(training, CompareOptions(ft_epochs=5)).name
+    with pytest.raises(UserError, match="--defenses"):
+        CompareOptions(defenses=())

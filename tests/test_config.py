@@ -1,9 +1,9 @@
 """The config schema: coercion, clear errors naming the key, pyproject in sync."""
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from fl_backdoor.config import ConfigError, ExperimentConfig, config_from_args, markdown_reference, round_in_spec
 
@@ -57,3 +57,39 @@ def test_pyproject_run_config_is_the_schema():
 
 def test_readme_documents_every_key():
     assert markdown_reference() in (ROOT / "README.md").read_text()
+
+
+def test_every_key_declares_known_roles_and_the_key_lists_derive_from_them():
+    import dataclasses
+
+    from fl_backdoor import federation_data, sweeps
+    from fl_backdoor.config import ROLES
+
+    for f in dataclasses.fields(ExperimentConfig):
+        assert f.metadata["roles"] and set(f.metadata["roles"]) <= set(ROLES), f.name
+    # the lists that were hand-written before the roles: a run's digest and the data cache depend on them
+    assert set(sweeps.PLACEMENT_KEYS) == {"output-dir", "run-name", "resume", "init-checkpoint", "data-dir", "download",
+                                          "client-cpus", "client-gpus", "device", "round-timeout", "eval-batch-size",
+                                          "plugins"}
+    assert set(sweeps.SWEEP_KEYS) == {"output-dir", "run-name", "resume", "init-checkpoint"}
+    assert set(sweeps.ATTACK_KEYS) == {"attack-label", "trigger", "trigger-origin", "dba-pieces", "poison-per-batch",
+                                       "gamma", "poison-lr", "poison-epochs", "poison-lr-steps", "adaptive-attack",
+                                       "adaptive-delta", "oracle-checkpoint"}
+    cleansing = [k for k in ExperimentConfig.keys() if k.startswith(("pruning-", "finetune-", "aw-"))]  # noqa: SIM118
+    assert set(sweeps.DEFENSE_KEYS) == {*cleansing, "defense", "mvp-rate", "curve-points"}
+    split = {"dataset", "data-dir", "download", "seed", "data-fraction", "validation-fraction"}
+    assert set(federation_data._SPLIT_KEYS) == split
+    assert set(federation_data._PARTITION_KEYS) == split | {"num-clients", "partition", "labels-per-client",
+                                                            "equal-size", "dirichlet-alpha", "attack-mode",
+                                                            "victim-label", "num-attackers", "attacker-ids"}
+    assert set(federation_data._TEST_KEYS) == {"dataset", "data-dir", "download", "test-subset", "seed"}
+
+
+def test_a_new_key_changes_no_run_name():
+    from fl_backdoor.sweeps import Experiment
+
+    # recorded before the plugins key existed: sweep runs keep their directories
+    assert Experiment("x", {"dataset": "mnist", "num-rounds": 2}).name == "x-" + RECORDED_DIGEST
+
+
+RECORDED_DIGEST = "2b1a1fdf4d"  # fl_backdoor.sweeps at 8625bd7, before issue 12

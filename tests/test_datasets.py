@@ -16,7 +16,7 @@ def test_official_formats_load_as_tensors(data_dir, name, n_train, shape):
     test = load_split(name, data_dir, False)
     assert len(train) == n_train and len(test) == 10000
     assert tuple(train.x.shape[1:]) == shape and train.x.dtype == torch.float32
-    assert 0.0 <= float(train.x.min()) and float(train.x.max()) <= 1.0
+    assert float(train.x.min()) >= 0.0 and float(train.x.max()) <= 1.0
     counts = torch.bincount(test.y, minlength=10)
     assert counts.numel() == 10 and int(counts.min()) >= 800
     assert load_split(name, data_dir, True) is train, "loaded once per process"

@@ -6,8 +6,8 @@ import torch
 from clients.local_training import run_local_job
 from defenses.candidates import extreme_weights_zeroed, pruned
 from defenses.extreme_weights import delta_schedule, extreme_mask, weight_stats, zero_extreme_weights
-from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.models import build_model
 
 

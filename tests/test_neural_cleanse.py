@@ -6,8 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from defenses.neural_cleanse import (NCSettings, ReversedTriggers, TriggerStamper, anomaly_indices,
-                                     flagged_classes, reverse_triggers)
+from defenses.neural_cleanse import (
+    NCSettings,
+    ReversedTriggers,
+    TriggerStamper,
+    anomaly_indices,
+    flagged_classes,
+    reverse_triggers,
+)
 
 
 def test_anomaly_index_is_the_deviation_from_the_median_in_units_of_1_4826_mad():

@@ -4,8 +4,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from defenses.neuron_ranking import (local_ranking, local_votes, mask_for, mean_activations, mvp_order,
-                                     pruning_levels, rap_order, votes_to_prune)
+from defenses.neuron_ranking import (
+    local_ranking,
+    local_votes,
+    mask_for,
+    mean_activations,
+    mvp_order,
+    pruning_levels,
+    rap_order,
+    votes_to_prune,
+)
 
 
 def test_local_ranking_is_a_permutation_most_active_first_ties_by_index():

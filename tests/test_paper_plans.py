@@ -1,63 +1,80 @@
 """The paper targets at full scale hold the paper's cases (built, not run)."""
 
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
-from paper import SCALES, TARGETS, Setup  # noqa: E402
+from experiments.compare_defenses import ComparisonRun
+from experiments.scales import SCALES, Setup
+from experiments.targets import FACTORS, TARGETS, Plan
+from fl_backdoor.sweeps import DEFENSE_KEYS, Experiment, SweepOutcome
 
 
-def plan(target: str, scale: str = "full"):
+def plan(target: str, scale: str = "full") -> Plan:
     return TARGETS[target](Setup(scale, [], None, None))
 
 
-def pairs(experiments) -> list[tuple[int, int]]:
+def parent(e: Experiment) -> Experiment:
+    assert e.parent is not None, f"{e.name} has no parent"
+    return e.parent
+
+
+def pairs(experiments: Sequence[Experiment]) -> list[tuple[int, int]]:
     return sorted((e.cfg.victim_label, e.cfg.attack_label) for e in experiments)
 
 
-def test_table1_and_table2_cover_every_pair_of_the_paper():
+def test_table1_and_table2_cover_every_pair_of_the_paper() -> None:
     mnist = [(9, a) for a in range(9)] + [(v, 9) for v in range(9)]
     assert pairs(plan("table1").experiments) == sorted(mnist)
     assert pairs(plan("table2").experiments) == [(9, a) for a in range(9)]
     for e in plan("table2").experiments:
-        assert (e.cfg.dataset, e.cfg.trigger, e.cfg.defense, e.cfg.num_clients) == ("fashion-mnist", "pixel-1", "all", 10)
-        assert e.parent is not None and e.parent.cfg.defense == "train-only"
+        assert (e.cfg.dataset, e.cfg.trigger, e.cfg.defense, e.cfg.num_clients) == \
+            ("fashion-mnist", "pixel-1", "all", 10)
+        assert parent(e).cfg.defense == "train-only"
 
 
-def test_figure_sweeps_vary_what_the_paper_varies():
-    assert sorted(e.parent.cfg.clients_per_round for e in plan("fig7").experiments) == [5, 10, 15, 20, 25]
-    assert sorted(e.parent.cfg.num_attackers for e in plan("fig8").experiments) == list(range(1, 11))
+def test_figure_sweeps_vary_what_the_paper_varies() -> None:
+    assert sorted(parent(e).cfg.clients_per_round for e in plan("fig7").experiments) == [5, 10, 15, 20, 25]
+    assert sorted(parent(e).cfg.num_attackers for e in plan("fig8").experiments) == list(range(1, 11))
     assert sorted(e.cfg.labels_per_client for e in plan("fig3").experiments) == [3, 5, 7]
     table7 = plan("table7").experiments
     assert sorted(e.cfg.trigger for e in table7) == [f"pixel-{p}" for p in (1, 3, 5, 7, 9)]
     assert {(e.cfg.defense, e.cfg.aw_delta) for e in table7} == {("fp-aw", 3.0)}
 
 
-def test_table5_defends_each_model_with_rap_and_with_mvp():
+def test_table5_defends_each_model_with_rap_and_with_mvp() -> None:
     by_parent: dict[str, set[str]] = {}
     for e in plan("table5").experiments:
-        by_parent.setdefault(e.parent.digest, set()).add(e.cfg.pruning_method)
+        by_parent.setdefault(parent(e).digest, set()).add(e.cfg.pruning_method)
     assert len(by_parent) == 18 and all(methods == {"rap", "mvp"} for methods in by_parent.values())
 
 
+def test_table4_compares_on_every_trained_model_in_runs_of_their_own(tmp_path: Path) -> None:
+    table4 = plan("table4", "small")
+    assert table4.then is not None and isinstance(table4.then.runner, ComparisonRun)
+    assert table4.then.runner.options == SCALES["small"].compare
+    trained = {parent(e).name for e in table4.experiments}
+    assert len(trained) == 3 + 3 + 2, "MNIST, Fashion-MNIST and CIFAR-10 pairs of the small scale"
+    assert table4.then.build(SweepOutcome(tmp_path)) == [], "a comparison waits for its trained model"
+    comparisons = table4.then.build(SweepOutcome(tmp_path, finished={name: tmp_path / name for name in trained}))
+    assert {parent(c).name for c in comparisons} == trained
+    assert all("-compare-" in c.label and c.cfg.num_rounds == 0 for c in comparisons)
+
+
 @pytest.mark.parametrize("scale", list(SCALES))
-def test_every_target_builds_at_every_scale(scale):
+def test_every_target_builds_at_every_scale(scale: str) -> None:
     for target in TARGETS:
         assert plan(target, scale).experiments, f"{target} at {scale} has no experiments"
 
 
-def test_ablation_changes_one_factor_at_a_time_on_the_same_trained_models():
-    from paper import FACTORS
-    from fl_backdoor.sweeps import DEFENSE_KEYS
-
+def test_ablation_changes_one_factor_at_a_time_on_the_same_trained_models() -> None:
     runs = plan("ablation").experiments
     assert len(runs) == len(FACTORS) * 2 * 9
     table2 = plan("table2").experiments
     assert {e.name for e in runs} >= {e.name for e in table2}, "the chosen factor with RAP is Table II itself"
     defaults = table2[0].cfg.to_flat()
-    shared = {e.parent.name for e in table2}
+    shared = {parent(e).name for e in table2}
     for e in runs:
         name = "chosen" if "-abl-" not in e.label else e.label.split("-abl-")[1].rsplit("-", 1)[0]
         factor = FACTORS[name]
@@ -65,7 +82,7 @@ def test_ablation_changes_one_factor_at_a_time_on_the_same_trained_models():
         expected = {**{k: defaults[k] for k in DEFENSE_KEYS}, **factor.defense}
         assert {k: flat[k] for k in DEFENSE_KEYS if k != "pruning-method"} == \
             {k: v for k, v in expected.items() if k != "pruning-method"}, e.label
-        assert all(e.parent.cfg.to_flat()[k] == v for k, v in factor.training.items())
-        assert (e.parent.name in shared) == (not factor.training), "only trigger and model factors retrain"
+        assert all(parent(e).cfg.to_flat()[k] == v for k, v in factor.training.items())
+        assert (parent(e).name in shared) == (not factor.training), "only trigger and model factors retrain"
     assert {e.cfg.pruning_method for e in runs} == {"rap", "mvp"}
-    assert {e.parent.cfg.trigger_origin for e in runs if "trigger-27-27" in e.label} == {"26,26"}
+    assert {parent(e).cfg.trigger_origin for e in runs if "trigger-27-27" in e.label} == {"26,26"}

@@ -46,8 +46,8 @@ def test_dirichlet_reproducible_and_seed_dependent(labels):
     a = partitions.dirichlet(labels, 20, 0.5, seed=7)
     b = partitions.dirichlet(labels, 20, 0.5, seed=7)
     c = partitions.dirichlet(labels, 20, 0.5, seed=8)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
     assert_disjoint(a, len(labels))
     assert sum(len(p) for p in a) > 0.99 * len(labels)
     # alpha 0.5 is skewed: the typical client misses some labels or is dominated by a few

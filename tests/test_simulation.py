@@ -27,7 +27,7 @@ def trained_run(data_dir, tmp_path_factory):
 
 
 def test_run_records_ta_and_aa_every_round(trained_run):
-    cfg, run_dir = trained_run
+    _, run_dir = trained_run
     rows = read_csv(run_dir / "metrics.csv")
     assert [int(r["round"]) for r in rows] == list(range(ROUNDS + 1))
     assert [r["phase"] for r in rows] == ["init"] + ["train"] * ROUNDS

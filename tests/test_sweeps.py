@@ -7,8 +7,16 @@ import pytest
 
 from fl_backdoor.config import ConfigError, ExperimentConfig, UserError
 from fl_backdoor.run_dir import read_csv
-from fl_backdoor.sweeps import (Experiment, actors_for, clean_pretraining, default_parallel, finished_runs, run_sweep,
-                                submission, with_parents)
+from fl_backdoor.sweeps import (
+    Experiment,
+    actors_for,
+    clean_pretraining,
+    default_parallel,
+    finished_runs,
+    run_sweep,
+    submission,
+    with_parents,
+)
 
 FAILING_SEED = 13
 

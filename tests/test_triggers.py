@@ -32,10 +32,10 @@ def test_pixel_patterns_exact(size):
 
 
 def test_dba_pieces_match_reference_coordinates():
-    mnist = {0: {(0, c) for c in range(0, 4)}, 1: {(0, c) for c in range(6, 10)},
-             2: {(3, c) for c in range(0, 4)}, 3: {(3, c) for c in range(6, 10)}}
-    cifar = {0: {(0, c) for c in range(0, 6)}, 1: {(0, c) for c in range(9, 15)},
-             2: {(4, c) for c in range(0, 6)}, 3: {(4, c) for c in range(9, 15)}}
+    mnist = {0: {(0, c) for c in range(4)}, 1: {(0, c) for c in range(6, 10)},
+             2: {(3, c) for c in range(4)}, 3: {(3, c) for c in range(6, 10)}}
+    cifar = {0: {(0, c) for c in range(6)}, 1: {(0, c) for c in range(9, 15)},
+             2: {(4, c) for c in range(6)}, 3: {(4, c) for c in range(9, 15)}}
     for size, pieces in ((28, mnist), (32, cifar)):
         for i, pixels in pieces.items():
             got, _ = stamped(dba_piece(i, size), size=size)

@@ -30,7 +30,7 @@ class AwAware(Behaviour):
             return plan
         delta = self.cfg.adaptive_delta
         self.layer = str(model.last_conv)
-        return plan.but(after_step=lambda m: clip_weights(m.get_submodule(m.last_conv).weight, delta))
+        return plan.but(after_step=lambda m: clip_weights(m.get_submodule(str(m.last_conv)).weight, delta))
 
     def submit(self, job: Job, global_state: State, local: State) -> State:
         if job.attacking:  # the training hook of this job named the layer

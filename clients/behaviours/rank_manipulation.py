@@ -18,7 +18,7 @@ from . import BEHAVIOURS, Behaviour
 
 def manipulated_activations(clean: np.ndarray, excess: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     """The neurons the trigger excites most are reported as more active than any other."""
-    count = max(1, int(round(fraction * len(clean))))
+    count = max(1, round(fraction * len(clean)))
     backdoor = np.argsort(-excess, kind="stable")[:count]
     reported = clean.copy()
     reported[backdoor] = clean.max() + 1.0 + excess[backdoor] - excess[backdoor].min()

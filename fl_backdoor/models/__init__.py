@@ -18,7 +18,7 @@ model's default) with the input it is built for::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
@@ -50,13 +50,18 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
 def layer_neurons(model: nn.Module, layer: str) -> int:
     """Number of neurons (output channels or units) of a prunable layer."""
     module = model.get_submodule(layer)
-    return int(module.out_channels if isinstance(module, nn.Conv2d) else module.out_features)
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    raise ConfigError(f"pruning-layer: '{layer}' is neither a conv nor a linear layer")
 
 
 def resolve_layer(model: nn.Module, layer: str) -> str:
     """The prunable layer to act on: the given one, or the model's last conv layer."""
     chosen = layer or str(model.last_conv)
-    if chosen not in model.neuron_outputs:
+    prunable = cast("dict[str, str]", model.neuron_outputs)
+    if chosen not in prunable:
         raise ConfigError(f"pruning-layer: '{chosen}' is not a prunable layer of this model "
-                          f"(choose from {', '.join(model.neuron_outputs)})")
+                          f"(choose from {', '.join(prunable)})")
     return chosen

@@ -18,7 +18,7 @@ class VGG11(nn.Module):
 
     def __init__(self, widths: tuple[int, ...] = (), num_classes: int = 10) -> None:
         super().__init__()
-        plan = list(_VGG11)
+        plan: list[int | str] = list(_VGG11)
         if widths:
             convs = [i for i, v in enumerate(plan) if v != "M"]
             if len(widths) != len(convs):
@@ -29,16 +29,16 @@ class VGG11(nn.Module):
         self.neuron_outputs = {}
         channels, conv, pool = 3, 0, 0
         for item in plan:
-            if item == "M":
+            if isinstance(item, str):  # "M"
                 pool += 1
                 layers[f"pool{pool}"] = nn.MaxPool2d(2)
                 continue
             conv += 1
-            layers[f"conv{conv}"] = nn.Conv2d(channels, int(item), 3, padding=1)
-            layers[f"bn{conv}"] = nn.BatchNorm2d(int(item))
+            layers[f"conv{conv}"] = nn.Conv2d(channels, item, 3, padding=1)
+            layers[f"bn{conv}"] = nn.BatchNorm2d(item)
             layers[f"relu{conv}"] = nn.ReLU()
             self.neuron_outputs[f"features.conv{conv}"] = f"features.relu{conv}"
-            channels = int(item)
+            channels = item
         self.features = nn.Sequential(layers)
         self.classifier = nn.Linear(channels, num_classes)
         self.last_conv = f"features.conv{conv}"

@@ -7,7 +7,8 @@ more than aw-max-drop.  The Delta curve of Fig. 6 is drawn for the report only.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from defenses.candidates import extreme_weights_zeroed
 from defenses.extreme_weights import WeightStats, delta_schedule, weight_stats, zero_extreme_weights
@@ -15,6 +16,7 @@ from defenses.stop_rules import stop_at_drop
 from fl_backdoor.masks import mask_on
 from fl_backdoor.plots import plot_curves
 from fl_backdoor.run_dir import write_csv
+from fl_backdoor.training import layer_weight
 
 from . import PHASES
 
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 def adjust_weights(ctx: Cleansing, result: str) -> None:
     """AW on the last conv layer: a fixed Delta, or Delta shrunk until clean accuracy drops (aw-keep)."""
     cfg, gm = ctx.cfg, ctx.run.global_model
-    weight = gm.model.get_submodule(ctx.aw_layer).weight
+    weight = layer_weight(gm.model, ctx.aw_layer)
     mask = mask_on(gm.mask, ctx.aw_layer)
     stats = weight_stats(weight, mask, cfg.aw_stats)
     deltas = delta_schedule(cfg.aw_delta_start, cfg.aw_delta_step, cfg.aw_delta_min)
@@ -34,15 +36,21 @@ def adjust_weights(ctx: Cleansing, result: str) -> None:
     if cfg.aw_delta > 0:
         chosen, base, threshold = cfg.aw_delta, float("nan"), float("nan")
     else:
+        accuracy_of: Callable[[float], float]
         if cfg.pruning_accuracy == "server":
-            def accuracy_of(delta: float) -> float:
+            def on_validation(delta: float) -> float:
                 with extreme_weights_zeroed(gm.model, ctx.aw_layer, stats, delta):
                     return ctx.validation_accuracy()
+            accuracy_of = on_validation
         else:
             accuracy_of = dict(zip(deltas, ctx.client_accuracies("aw", deltas), strict=True)).__getitem__
         base = ctx.model_accuracy()
         threshold = base - cfg.aw_max_drop
-        chosen, _ = stop_at_drop(deltas, accuracy_of, base, cfg.aw_max_drop, keep_crossing=cfg.aw_keep == "crossing")
+        keep_crossing = cfg.aw_keep == "crossing"
+        searched: tuple[float | None, list[tuple[float, float]]] = stop_at_drop(deltas, accuracy_of, base,
+                                                                                cfg.aw_max_drop,
+                                                                                keep_crossing=keep_crossing)
+        chosen = searched[0]
     delta_curve(ctx, result, deltas, stats)
     zeroed = zero_extreme_weights(gm.model, ctx.aw_layer, stats, chosen, mask) if chosen is not None else 0
     ctx.finish(result, delta=chosen, zeroed=zeroed, mu=stats.mu, sigma=stats.sigma, clean_base=base,
@@ -55,7 +63,8 @@ def delta_curve(ctx: Cleansing, result: str, deltas: list[float], stats: WeightS
         return
     started = time.perf_counter()
     gm = ctx.run.global_model
-    rows = [{"delta": "none", "zeroed": 0, "validation": ctx.validation_accuracy(), **ctx.run.evaluate()}]
+    rows: list[dict[str, Any]] = [{"delta": "none", "zeroed": 0, "validation": ctx.validation_accuracy(),
+                                   **ctx.run.evaluate()}]
     for delta in deltas:
         with extreme_weights_zeroed(gm.model, ctx.aw_layer, stats, delta) as zeroed:
             rows.append({"delta": delta, "zeroed": zeroed, "validation": ctx.validation_accuracy(),

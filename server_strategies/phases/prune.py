@@ -8,7 +8,8 @@ drawn for both methods, for the report only.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from defenses.candidates import pruned
 from defenses.neuron_ranking import MAX_PRUNING_LEVELS, mask_for
@@ -28,10 +29,12 @@ def prune(ctx: Cleansing, result: str) -> None:
     cfg, gm = ctx.cfg, ctx.run.global_model
     order = ctx.neuron_order(cfg.pruning_method)
     levels = ctx.levels(cfg.pruning_method, order, MAX_PRUNING_LEVELS)
+    accuracy_of: Callable[[int], float]
     if cfg.pruning_accuracy == "server":
-        def accuracy_of(count: int) -> float:
+        def on_validation(count: int) -> float:
             with pruned(gm.model, order, count, ctx.layer, ctx.size):
                 return ctx.validation_accuracy()
+        accuracy_of = on_validation
     else:
         accuracy_of = dict(zip(levels, ctx.client_accuracies("pruning", levels, order), strict=True)).__getitem__
     base = accuracy_of(0)
@@ -51,7 +54,8 @@ def pruning_curves(ctx: Cleansing, order: list[int]) -> None:
     if ctx.cfg.curve_points <= 0:
         return
     started = time.perf_counter()
-    gm, rows = ctx.run.global_model, []
+    gm = ctx.run.global_model
+    rows: list[dict[str, Any]] = []
     orders = {ctx.cfg.pruning_method: order}
     for method in ("rap", "mvp"):
         orders.setdefault(method, ctx.neuron_order(method))

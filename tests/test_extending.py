@@ -1,0 +1,145 @@
+"""Each kind of component is one file: this test file registers its own and runs them through Flower.
+
+The components below are registered here and nowhere else; the simulation's client
+processes import this file through the config key ``plugins``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord
+from torch import nn
+
+from clients.behaviours import BEHAVIOURS, Behaviour, Job, State
+from clients.local_training import run_local_job
+from fl_backdoor.config import ConfigError, ExperimentConfig
+from fl_backdoor.models import MODELS, build_model
+from fl_backdoor.run_dir import load_checkpoint
+from fl_backdoor.triggers import TRIGGERS, Trigger, trigger_for
+from server_strategies.aggregators import AGGREGATORS
+from server_strategies.cleansing import Cleansing
+from server_strategies.phases import PHASES, defense_steps
+from server_strategies.simulation import run_simulation
+
+HERE = str(Path(__file__).resolve())
+
+
+@BEHAVIOURS.register("toy-flip", role="adaptive")
+class FlipUpdate(Behaviour):
+    """Submits G - (L - G): the opposite of what it learned."""
+
+    def submit(self, job: Job, global_state: State, local: State) -> State:
+        return {k: 2 * g - local[k] if g.is_floating_point() else local[k] for k, g in global_state.items()}
+
+
+@AGGREGATORS.register("toy-median")
+def median(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: ExperimentConfig) -> ArrayRecord:
+    """Coordinate-wise median of the clients' models."""
+    return ArrayRecord({name: Array(np.median([r[name].numpy() for r in local], axis=0).astype(g.numpy().dtype))
+                        for name, g in global_arrays.items()})
+
+
+@PHASES.register("toy-zero-bias")
+def zero_last_bias(ctx: Cleansing, result: str) -> None:
+    """Zero the bias of the pruned layer."""
+    with torch.no_grad():
+        layer = ctx.run.global_model.model.get_submodule(ctx.layer)
+        assert isinstance(layer, nn.Conv2d) and layer.bias is not None
+        layer.bias.zero_()
+    ctx.finish(result, note=f"zeroed the bias of {ctx.layer}")
+
+
+class Blend(Trigger):
+    """Mixes a checkerboard into the whole image: x' = (1 - alpha) x + alpha * pattern."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+
+    def apply_(self, images: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(images.shape[-2])[:, None]
+        cols = torch.arange(images.shape[-1])[None, :]
+        pattern = ((rows + cols) % 2).to(images.dtype)
+        images.mul_(1 - self.alpha).add_(self.alpha * pattern)
+        return images
+
+
+@TRIGGERS.register("toy-blend")
+def blend(image_size: int, origin: tuple[int, ...], piece: int | None) -> Trigger:
+    """A blended trigger (alpha 0.2)."""
+    return Blend(0.2)
+
+
+class TinyNet(nn.Module):
+    """One conv layer and a linear classifier."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 5, stride=3)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(width * 8 * 8, 10)
+        self.last_conv = "conv"
+        self.neuron_outputs = {"conv": "relu"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.conv(x)).flatten(1))
+
+
+@MODELS.register("toy-net", channels=1, size=28, widths=1)
+def tiny_net(widths: tuple[int, ...]) -> nn.Module:
+    """TinyNet, 6 channels by default."""
+    return TinyNet(*(widths or (6,)))
+
+
+CONFIG = {"dataset": "mnist", "num-clients": 3, "labels-per-client": 10, "data-fraction": 0.02, "test-subset": 300,
+          "lr": 0.05, "poison-epochs": 1, "num-rounds": 1, "curve-points": 0, "seed": 5, "plugins": HERE,
+          "model": "toy-net", "trigger": "toy-blend", "adaptive-attack": "toy-flip", "aggregation": "toy-median",
+          "defense": "prune,toy-zero-bias"}
+
+
+def test_registered_components_are_config_choices():
+    cfg = ExperimentConfig.from_flat(CONFIG)
+    assert [s.result for s in defense_steps(cfg.defense)] == ["fp", "prune+toy-zero-bias"]
+    assert isinstance(build_model(cfg), TinyNet)
+    with pytest.raises(ConfigError, match="did you mean 'toy-median'"):
+        ExperimentConfig.from_flat({**CONFIG, "aggregation": "toy-medain"})
+
+
+def test_the_blend_trigger_mixes_the_pattern_in():
+    images = torch.full((2, 1, 4, 4), 0.5)
+    out = trigger_for("toy-blend", 4).apply(images)
+    assert torch.equal(images, torch.full((2, 1, 4, 4), 0.5)), "apply copies"
+    assert out[0, 0, 0, 0].item() == pytest.approx(0.4) and out[0, 0, 0, 1].item() == pytest.approx(0.6)
+
+
+def test_toy_attack_aggregator_phase_and_trigger_run_through_flower(data_dir, tmp_path):
+    cfg = ExperimentConfig.from_flat({**CONFIG, "data-dir": data_dir, "output-dir": str(tmp_path)})
+    run_dir = run_simulation(cfg)
+
+    # round 1 recomputed outside Flower: each client's job (the attacker's flipped), then the median;
+    # on one torch thread, as in the client processes, so that the sums are the same
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(cfg.seed)
+        start = build_model(cfg).state_dict()
+        states = [run_local_job(cfg, c, start, 1).state for c in range(3)]
+        poisoned_only = run_local_job(cfg.replace(adaptive_attack="none"), 0, start, 1).state
+    finally:
+        torch.set_num_threads(threads)
+    expected = median(ArrayRecord(start), [ArrayRecord(dict(s)) for s in states], cfg).to_torch_state_dict()
+    trained = load_checkpoint(run_dir / "checkpoints" / "trained.pt")["state_dict"]
+    assert all(torch.equal(trained[k], expected[k]) for k in expected)
+    flipped = 2 * start["fc.weight"] - poisoned_only["fc.weight"]
+    assert torch.allclose(states[0]["fc.weight"], flipped, atol=1e-6), "the attacker's update was flipped"
+
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["phases"]) == {"training", "fp", "prune+toy-zero-bias"}
+    final = load_checkpoint(run_dir / "checkpoints" / "prune+toy-zero-bias.pt")
+    assert torch.count_nonzero(final["state_dict"]["conv.bias"]) == 0
+    assert final["mask"] == load_checkpoint(run_dir / "checkpoints" / "fp.pt")["mask"]
+    assert set(results["phase_seconds"]) >= {"train", "prune", "toy-zero-bias"}
