@@ -17,10 +17,9 @@ from torch import nn
 
 from fl_backdoor.masks import NeuronMask, current_mask, install_mask, mask_on
 from fl_backdoor.models import layer_neurons, resolve_layer
-from fl_backdoor.training import SGDSettings, accuracy
+from fl_backdoor.training import SGDSettings, accuracy, train
 
 from .candidates import pruned
-from .fine_tuning import fine_tune
 from .neuron_ranking import mask_for, mean_activations, pruning_levels
 from .stop_rules import last_passing
 
@@ -61,5 +60,5 @@ def fine_pruning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: S
     mask = mask_for(order, count, layer, size, mask_on(current_mask(model), layer))
     install_mask(model, mask)
     clean_pruned = dict(seen).get(count, base)
-    fine_tune(model, x, y, settings, generator)
+    train(model, x, y, settings, generator)
     return FinePruningResult(mask, count, base, clean_pruned, accuracy(model, x, y))

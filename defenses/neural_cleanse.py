@@ -27,9 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fl_backdoor.training import SGDSettings, TrainStats
-
-from .fine_tuning import fine_tune
+from fl_backdoor.training import SGDSettings, TrainStats, train
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of a normal's standard deviation
 
@@ -157,6 +155,6 @@ def neural_cleanse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_class
     flagged = flagged_classes(triggers.norms, settings.anomaly_threshold)
     stats = None
     if flagged:
-        stats = fine_tune(model, x, y, finetune, generator,
+        stats = train(model, x, y, finetune, generator,
                           batch_transform=TriggerStamper(triggers, flagged, settings.unlearn_fraction))
     return NeuralCleanseResult(triggers, anomaly_indices(triggers.norms), flagged, stats)

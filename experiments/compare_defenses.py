@@ -43,7 +43,7 @@ from defenses.anp import (
     prune_by_threshold,
 )
 from defenses.fine_pruning import MAX_DROP, fine_pruning
-from defenses.fine_tuning import FINE_TUNING, fine_tune
+from defenses.fine_tuning import FINE_TUNING
 from defenses.hasnet import HaSNetIteration, HaSNetSettings, collected_data, hasnet_train
 from defenses.neural_cleanse import NCSettings, neural_cleanse
 from fl_backdoor.cli import add_config_arguments, run_cli
@@ -422,7 +422,7 @@ class Comparison:
     def fine_tuning(self) -> list[dict[str, Any]]:
         """Plain fine-tuning on the clean set."""
         model, started = self.fresh(), time.perf_counter()
-        fine_tune(model, self.x, self.y, self.finetune, self.generator())
+        train(model, self.x, self.y, self.finetune, self.generator())
         return [row("Fine-tuning", self.evaluate(model), "", time.perf_counter() - started)]
 
     def hasnet(self) -> list[dict[str, Any]]:

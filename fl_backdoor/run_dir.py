@@ -132,7 +132,9 @@ class RunDirectory:
             if not (path / "checkpoints" / "latest.pt").exists():
                 raise CheckpointError(f"resume: {path} has no checkpoint to continue from")
         else:
-            name = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.dataset}-{cfg.defense}"
+            # a phase list names the directory with '+' between phases and no '?' (probes)
+            defense = cfg.defense.replace("?", "").replace(",", "+").replace(" ", "")
+            name = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.dataset}-{defense}"
             path = base / name
             suffix = 1
             while path.exists():

@@ -1,9 +1,9 @@
 """The config schema: coercion, clear errors naming the key, pyproject in sync."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from fl_backdoor.config import ConfigError, ExperimentConfig, config_from_args, markdown_reference, round_in_spec
 
