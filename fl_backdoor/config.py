@@ -620,8 +620,6 @@ def markdown_reference() -> str:
         value = f.default
         text = ("true" if value else "false") if isinstance(value, bool) else json.dumps(value)
         meaning = f.metadata["help"].replace("|", "/")
-        if callable(f.metadata.get("choices")):
-            meaning += " Registered: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]()) + "."
         rows.append(f"| `{f.name.replace('_', '-')}` | `{text}` | {meaning} |")
     return "\n".join(rows) + "\n"
 
@@ -644,10 +642,21 @@ def sync_readme(path: str = "README.md") -> None:
     Path(path).write_text(text[:start] + markdown_reference() + text[end:])
 
 
+def registered_choices() -> dict[str, tuple[str, ...]]:
+    """Every key whose values come from a registry, with the names registered now."""
+    phases = importlib.import_module("server_strategies.phases")
+    return {"model": MODEL_CHOICES(), "trigger": TRIGGER_CHOICES(), "aggregation": AGGREGATION_CHOICES(),
+            "adaptive-attack": ADAPTIVE_CHOICES(), "malformed-reply": MALFORMED_CHOICES(),
+            "defense": tuple(dict.fromkeys((*phases.MODES, *phases.PHASES.names())))}
+
+
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["--sync-docs"]:
+    if sys.argv[1:] == ["--choices"]:
+        for key, names in registered_choices().items():
+            print(f"{key}: {', '.join(names)}")
+    elif sys.argv[1:] == ["--sync-docs"]:
         sync_pyproject()
         sync_readme()
     elif sys.argv[1:] == ["--markdown"]:

@@ -93,3 +93,13 @@ def test_a_new_key_changes_no_run_name():
 
 
 RECORDED_DIGEST = "2b1a1fdf4d"  # fl_backdoor.sweeps at 8625bd7, before issue 12
+
+
+def test_registered_choices_are_the_registries_names():
+    from fl_backdoor.config import registered_choices
+
+    choices = registered_choices()
+    assert {"model", "trigger", "aggregation", "adaptive-attack", "malformed-reply"} <= set(choices)
+    assert {"mnist-cnn", "fmnist-cnn", "vgg11"} <= set(choices["model"])
+    assert choices["adaptive-attack"][0] == "none" and "rank-manipulation" in choices["adaptive-attack"]
+    assert "crash" in choices["malformed-reply"] and "rank-manipulation" not in choices["malformed-reply"]
