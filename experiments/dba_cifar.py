@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fl_backdoor.cli import add_config_arguments, config_from_cli, run_cli
-from fl_backdoor.config import config_from_args
+from fl_backdoor.config import ExperimentConfig, config_from_args
+from fl_backdoor.federation_data import clients_holding
 from fl_backdoor.sweeps import SWEEP_KEYS, Experiment, clean_pretraining
 from server_strategies.simulation import run_simulation
 
@@ -73,6 +74,22 @@ def stage_configs(size: Size, setting: Setting = "reference", attack_label: int 
     return pretrain, attack
 
 
+def with_victim_attackers(*stages: dict[str, Any]) -> None:
+    """Victim mode: make the attackers the first clients whose data holds victim-label images.
+
+    On a Dirichlet split the default attackers 0..3 often hold none (CIFAR-10, 100
+    clients, alpha 0.5, seed 0: 0, 254, 62 and 141 trucks), and such an attacker has
+    nothing to poison (fl_backdoor.federation_data.check_attackers_data stops the run).
+    The stages are changed in place and get the same attacker ids.
+    """
+    cfg = ExperimentConfig.from_flat({k: v for k, v in stages[0].items() if k not in SWEEP_KEYS})
+    if cfg.attack_mode != "victim" or cfg.attacker_ids:
+        return
+    ids = clients_holding(cfg, cfg.victim_label)[:cfg.num_attackers]
+    for stage in stages:
+        stage["attacker-ids"] = ",".join(str(c) for c in ids)
+
+
 def table3_training(size: Size, attack_labels: Sequence[int], settings: Mapping[str, Any] | None = None,
                     overrides: Sequence[str] = ()) -> dict[int, Experiment]:
     """Table III: the attack stage of the paper setting for each attack label (truck -> AL).
@@ -87,9 +104,10 @@ def table3_training(size: Size, attack_labels: Sequence[int], settings: Mapping[
 
     runs = {}
     for label in attack_labels:
-        pretrain, attack = stage_configs(size, "paper", label)
-        clean = clean_pretraining(sweep_config(pretrain), size.pretrain_rounds, label="cifar-dba-pretrain")
-        runs[label] = Experiment(f"cifar-dba-truck-al{label}-train", sweep_config(attack), parent=clean)
+        pretrain, attack = (sweep_config(stage) for stage in stage_configs(size, "paper", label))
+        with_victim_attackers(pretrain, attack)
+        clean = clean_pretraining(pretrain, size.pretrain_rounds, label="cifar-dba-pretrain")
+        runs[label] = Experiment(f"cifar-dba-truck-al{label}-train", attack, parent=clean)
     return runs
 
 
@@ -122,13 +140,15 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     size = Size(clients=args.clients, per_round=args.per_round, pretrain_rounds=args.pretrain_rounds,
                 attack_stage_rounds=args.attack_stage_rounds, subset=args.subset, test_subset=args.test_subset)
-    pretrain, attack = stage_configs(size, args.setting, args.attack_label, args.seed, args.name)
+    pretrain, attack = (config_from_cli(args, stage).to_flat()
+                        for stage in stage_configs(size, args.setting, args.attack_label, args.seed, args.name))
+    with_victim_attackers(pretrain, attack)
     checkpoint = args.pretrained
     if not checkpoint:
-        pre_dir = run_simulation(config_from_cli(args, pretrain))
+        pre_dir = run_simulation(ExperimentConfig.from_flat(pretrain))
         print(f"clean pretraining: {pre_dir}")
         checkpoint = str(Path(pre_dir) / "checkpoints" / "trained.pt")
-    attack_dir = run_simulation(config_from_cli(args, {**attack, "init-checkpoint": checkpoint}))
+    attack_dir = run_simulation(ExperimentConfig.from_flat({**attack, "init-checkpoint": checkpoint}))
     print(f"attack stage: {attack_dir}")
 
 

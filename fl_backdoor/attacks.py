@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import ExperimentConfig, parse_int_list
+from .config import ExperimentConfig, parse_int_list, parse_round_spec
 from .poisoning import BatchPoisoner, victim_copies
 from .training import BatchTransform, SGDSettings
 from .triggers import Trigger, trigger_for, trigger_pieces
@@ -40,9 +40,32 @@ def is_attacking(cfg: ExperimentConfig, client_id: int, server_round: int, phase
     return cfg.attacks_in_round(client_id, server_round)
 
 
+def simultaneous_attackers(cfg: ExperimentConfig) -> int:
+    """The most attackers that poison in one training round under ``attack-rounds``."""
+    specs = cfg.attack_rounds.split("/")
+    ranges = [parse_round_spec(specs[k] if len(specs) > 1 else specs[0], "attack-rounds")
+              for k in range(len(cfg.attackers))]
+    every_round = sum(1 for r in ranges if r is None)
+    starts = {a for r in ranges if r for a, _ in r}  # the overlap is largest where some range starts
+    overlaps = [sum(1 for r in ranges if r and any(a <= s <= b for a, b in r)) for s in starts]
+    return every_round + max(overlaps, default=0)
+
+
 def attack_gamma(cfg: ExperimentConfig, phase: str) -> float:
-    """The model-replacement scale of a poisoning attacker in a phase (fine-tuning: gamma only for 'replace')."""
-    return 1.0 if phase == "finetune" and cfg.finetune_attack != "replace" else cfg.gamma
+    """The model-replacement scale of a poisoning attacker in a phase.
+
+    In training it is gamma.  In federated fine-tuning every attacker takes part in every
+    round (the paper: attackers "participate"), so that together they never replace more
+    of the model in one round than in their busiest training round: with 'replace', each
+    gets gamma * (most attackers of one training round) / (all attackers), never below 1
+    (no boost).  Four single-shot DBA attackers with gamma 100 thus share one replacement
+    (25 each).  'poison' and 'benign' use no boost.
+    """
+    if phase != "finetune":
+        return cfg.gamma
+    if cfg.finetune_attack != "replace" or not cfg.attackers:
+        return 1.0
+    return max(1.0, cfg.gamma * simultaneous_attackers(cfg) / len(cfg.attackers))
 
 
 def poison_settings(cfg: ExperimentConfig, server_round: int = 1) -> SGDSettings:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import partitions
-from .config import ExperimentConfig
+from .config import ExperimentConfig, UserError, parse_round_spec
 from .datasets import Split, load_split, resolve_data_dir
 from .training import to_device
 
@@ -65,6 +65,31 @@ def client_partitions(cfg: ExperimentConfig) -> tuple[np.ndarray, ...]:
                                         equal_size=cfg.equal_size, required=required)
         return tuple(pool[p] for p in parts)
     return _cached(("partitions", cfg.digest(*_PARTITION_KEYS)), build)
+
+
+def clients_holding(cfg: ExperimentConfig, label: int) -> list[int]:
+    """The clients whose partition holds at least one image of ``label``."""
+    labels, parts = _train_split(cfg).y.numpy(), client_partitions(cfg)
+    return [c for c, part in enumerate(parts) if np.any(labels[part] == label)]
+
+
+def check_attackers_data(cfg: ExperimentConfig) -> None:
+    """Victim mode: every attacker that poisons must hold victim-label images (UserError naming those that don't).
+
+    Without them its poisoned set is empty, yet it would still send a boosted update.
+    """
+    if cfg.attack_mode != "victim" or not cfg.attackers:
+        return
+    specs = cfg.attack_rounds.split("/")
+    poisoning = [a for k, a in enumerate(cfg.attackers)
+                 if parse_round_spec(specs[k] if len(specs) > 1 else specs[0], "attack-rounds") != []]
+    holding = clients_holding(cfg, cfg.victim_label)
+    lacking = [a for a in poisoning if a not in holding]
+    if lacking:
+        holders = [c for c in holding if c not in cfg.attackers]
+        raise UserError(f"attacker {lacking[0]} holds no images of victim label {cfg.victim_label} "
+                        f"({cfg.partition} partition, seed {cfg.seed}; attackers without any: {lacking}); "
+                        f"choose attacker-ids among clients that hold some, e.g. {holders[:8]}")
 
 
 def client_data(cfg: ExperimentConfig, client_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

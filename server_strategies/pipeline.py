@@ -18,7 +18,7 @@ from fl_backdoor.allocator import keep_freed_memory
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.datasets import resolve_data_dir
 from fl_backdoor.evaluation import Evaluator
-from fl_backdoor.federation_data import client_partitions, test_set
+from fl_backdoor.federation_data import check_attackers_data, test_set
 from fl_backdoor.masks import NeuronMask
 from fl_backdoor.models import build_model
 from fl_backdoor.run_dir import (
@@ -76,7 +76,7 @@ def prepare_run(grid: Grid, cfg: ExperimentConfig) -> ServerRun:
     cfg = cfg.replace(data_dir=str(resolve_data_dir(cfg.data_dir)))
     device = pick_device(cfg.device)
     evaluator = Evaluator(cfg, test_set(cfg), device)  # loads and checks the data now
-    client_partitions(cfg)
+    check_attackers_data(cfg)  # computes the partitions
     gm = initial_model(cfg)
     run_dir = RunDirectory.create(cfg)
     state = RunState.load(run_dir) if cfg.resume else RunState(gm.round, gm.round + cfg.num_rounds)

@@ -12,6 +12,8 @@ import warnings
 from pathlib import Path
 
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.datasets import resolve_data_dir
+from fl_backdoor.federation_data import check_attackers_data
 from server_strategies.server_app import make_server_app
 
 
@@ -35,6 +37,8 @@ def run_simulation(cfg: ExperimentConfig) -> Path:
     from clients.client_app import app as client_app
 
     cfg.validate()
+    if not cfg.resume:
+        check_attackers_data(cfg.replace(data_dir=str(resolve_data_dir(cfg.data_dir))))  # before Ray starts
     outcome: dict[str, Path] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -3,7 +3,14 @@
 import torch
 
 from clients.local_training import run_local_job
-from fl_backdoor.attacks import attack_gamma, attacker_trigger, is_attacking, poison_settings, scale_update
+from fl_backdoor.attacks import (
+    attack_gamma,
+    attacker_trigger,
+    is_attacking,
+    poison_settings,
+    scale_update,
+    simultaneous_attackers,
+)
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.models import build_model
 
@@ -68,3 +75,18 @@ def test_fine_tuning_attacker_boosts_only_when_it_replaces(data_dir):
     trained, reference = job("poison", "train"), job("replace", "train")
     assert trained.attacked and all(torch.equal(trained.state[k], reference.state[k]) for k in state), \
         "training rounds boost whatever finetune-attack says"
+
+
+def test_fine_tuning_never_replaces_more_than_the_busiest_training_round():
+    # the DBA reference: four single-shot attackers, gamma 100 = n / eta (10 clients, eta 0.1)
+    dba = ExperimentConfig.from_flat({"num-clients": 100, "fraction": 0.1, "num-attackers": 4, "gamma": 100,
+                                      "aggregation": "dba", "server-lr": 0.1, "attack-rounds": "12/14/16/18",
+                                      "trigger": "dba", "attack-mode": "all-to-one", "attack-label": 2})
+    assert simultaneous_attackers(dba) == 1
+    assert attack_gamma(dba, "train") == 100
+    assert attack_gamma(dba, "finetune") == 25, "four attackers share one model replacement per round"
+    overlapping = dba.replace(attack_rounds="12-14/13-15/20/all")
+    assert simultaneous_attackers(overlapping) == 3  # rounds 13-14: the first two and the 'all' one
+    assert attack_gamma(overlapping, "finetune") == 75
+    few = dba.replace(gamma=2.0)
+    assert attack_gamma(few, "finetune") == 1.0, "below 1 an attacker just poisons"

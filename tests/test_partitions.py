@@ -62,3 +62,25 @@ def test_iid_and_subset(labels):
     sub = partitions.stratified_subset(labels, 0.1, seed=0)
     counts = np.bincount(labels[sub], minlength=10)
     assert np.all(counts == 600)
+
+
+def test_a_victim_mode_attacker_without_victim_images_is_a_data_error(data_dir):
+    from experiments.dba_cifar import with_victim_attackers
+    from fl_backdoor.config import ExperimentConfig, UserError
+    from fl_backdoor.federation_data import check_attackers_data, clients_holding
+    from server_strategies.simulation import run_simulation
+
+    flat = {"dataset": "mnist", "data-dir": data_dir, "partition": "dirichlet", "num-clients": 100,
+            "num-attackers": 4, "data-fraction": 0.1, "seed": 0}
+    cfg = ExperimentConfig.from_flat(flat)
+    assert 0 not in clients_holding(cfg, 9)  # this split leaves attacker 0 without a single 9
+    with pytest.raises(UserError, match="attacker 0 holds no images of victim label 9"):
+        check_attackers_data(cfg)
+    with pytest.raises(UserError, match="attacker 0 holds no images"):
+        run_simulation(cfg)  # reported before anything starts
+    check_attackers_data(cfg.replace(attack_rounds="none"))  # nobody poisons: nothing to check
+    check_attackers_data(cfg.replace(attack_mode="all-to-one"))
+    with_victim_attackers(flat)
+    fixed = ExperimentConfig.from_flat(flat)
+    assert list(fixed.attackers) == clients_holding(cfg, 9)[:4]
+    check_attackers_data(fixed)

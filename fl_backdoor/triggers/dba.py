@@ -35,3 +35,9 @@ def dba_global(image_size: int, origin: tuple[int, ...] = ()) -> PixelTrigger:
 def dba(image_size: int, origin: tuple[int, ...], piece: int | None) -> PixelTrigger:
     """A DBA piece, or (piece None) the global trigger."""
     return dba_global(image_size, origin) if piece is None else dba_piece(piece, image_size, origin)
+
+
+@TRIGGERS.register("dba-global")
+def dba_whole(image_size: int, origin: tuple[int, ...], piece: int | None) -> PixelTrigger:
+    """The four DBA pieces as one trigger held whole (DBA's centralized attack)."""
+    return dba_global(image_size, origin)
