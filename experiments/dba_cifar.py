@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     pretrain, attack = (config_from_cli(args, stage).to_flat()
                         for stage in stage_configs(size, args.setting, args.attack_label, args.seed, args.name))
     with_victim_attackers(pretrain, attack)
+    pretrain["defense"] = "train-only"  # a -c defense is for the attacked model, not the clean one
     checkpoint = args.pretrained
     if not checkpoint:
         pre_dir = run_simulation(ExperimentConfig.from_flat(pretrain))

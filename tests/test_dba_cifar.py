@@ -21,3 +21,5 @@ def test_tiny_cifar_dba_with_cleansing_runs_end_to_end(data_dir, tmp_path, capsy
     assert finetune and all(r["attacking"] == "4" for r in finetune), "all four attackers take part in fine-tuning"
     phases = json.loads((attack / "results.json").read_text())["phases"]
     assert {"training", "fp", "fp-aw", "ft", "all"} <= set(phases)
+    clean = json.loads((tmp_path / "dba-cifar-pretrain" / "results.json").read_text())["phases"]
+    assert set(clean) == {"training"}, "the defense is for the attacked model only"
