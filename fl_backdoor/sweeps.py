@@ -39,6 +39,7 @@ from typing import Any
 
 from .config import ExperimentConfig, UserError
 from .datasets import resolve_data_dir
+from .training import share_gpus_with_workers
 
 Runner = Callable[[ExperimentConfig], Path]
 
@@ -250,6 +251,7 @@ def connect() -> tuple[float, bool]:
 
     on_cluster = bool(os.environ.get("RAY_ADDRESS"))
     if not ray.is_initialized():
+        share_gpus_with_workers()
         # workers import what this process imports (the project, a test module) from the same paths
         env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         ray.init(address=os.environ["RAY_ADDRESS"] if on_cluster else "local", log_to_driver=False,

@@ -6,6 +6,7 @@ sample by sample and no DataLoader worker is involved.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar, overload
@@ -125,6 +126,18 @@ def to_device(item: nn.Module | torch.Tensor, device: torch.device) -> nn.Module
     if item.dim() == 4:
         return item.to(device).contiguous(memory_format=torch.channels_last)
     return item.to(device)
+
+
+def share_gpus_with_workers() -> None:
+    """Let Ray workers that reserve no GPU still see this machine's GPUs (call before Ray starts).
+
+    Ray hides the GPUs (CUDA_VISIBLE_DEVICES="") from every task and actor with
+    num_gpus=0, which is what a simulation's client actors reserve unless client-gpus
+    is set, and what a sweep's experiments reserve; on a GPU machine they would all
+    train on the CPU.  With this, device 'auto' finds the GPU in every process (they
+    share it); client-gpus > 0 still makes Ray place actors on GPUs itself.
+    """
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
 def pick_device(name: str) -> torch.device:

@@ -14,6 +14,7 @@ from pathlib import Path
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.datasets import resolve_data_dir
 from fl_backdoor.federation_data import check_attackers_data
+from fl_backdoor.training import share_gpus_with_workers
 from server_strategies.server_app import make_server_app
 
 
@@ -42,6 +43,7 @@ def run_simulation(cfg: ExperimentConfig) -> Path:
     outcome: dict[str, Path] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        share_gpus_with_workers()
         flwr_run_simulation(server_app=make_server_app(cfg, outcome), client_app=client_app,
                             num_supernodes=cfg.num_clients, backend_config=backend_config(cfg))
     if "run_dir" not in outcome:
