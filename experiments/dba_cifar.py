@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fl_backdoor.cli import add_config_arguments, config_from_cli, run_cli
-from fl_backdoor.config import ExperimentConfig, config_from_args
+from fl_backdoor.config import ExperimentConfig, UserError, config_from_args
 from fl_backdoor.federation_data import clients_holding
 from fl_backdoor.sweeps import SWEEP_KEYS, Experiment, clean_pretraining
 from server_strategies.simulation import run_simulation
@@ -86,6 +86,9 @@ def with_victim_attackers(*stages: dict[str, Any]) -> None:
     if cfg.attack_mode != "victim" or cfg.attacker_ids:
         return
     ids = clients_holding(cfg, cfg.victim_label)[:cfg.num_attackers]
+    if len(ids) < cfg.num_attackers:
+        raise UserError(f"only {len(ids)} of {cfg.num_clients} clients hold images of victim label "
+                        f"{cfg.victim_label}, {cfg.num_attackers} attackers need them (more clients or data)")
     for stage in stages:
         stage["attacker-ids"] = ",".join(str(c) for c in ids)
 

@@ -61,7 +61,7 @@ SCALES = {
                   rounds={"mnist": 4, "fashion-mnist": 4}, pretrain={"mnist": 2, "fashion-mnist": 2},
                   mnist_pairs=[(9, 0), (0, 9)], fmnist_pairs=[(9, 0), (9, 1)], cifar_labels=[0, 1],
                   clients_selected=[5, 10], attackers=[1, 10], l2=[0.0, 1e-2],
-                  cifar=Size(clients=4, per_round=4, pretrain_rounds=1, attack_stage_rounds=9, subset=0.01,
+                  cifar=Size(clients=8, per_round=4, pretrain_rounds=1, attack_stage_rounds=9, subset=0.01,
                              test_subset=200),
                   compare=CompareOptions(anp_iterations=5, nc_steps=5, hasnet_iterations=1, hasnet_healing_epochs=1,
                                          ft_epochs=1)),
