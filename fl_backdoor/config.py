@@ -13,6 +13,7 @@ comma-separated strings (``attacker-ids = "0,3"``) and round sets as ranges
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import importlib
 import json
@@ -301,7 +302,9 @@ class ExperimentConfig:
         for key, value in values.items():
             name = key.replace("-", "_")
             if name not in fields:
-                raise ConfigError(f"unknown config key '{key}' (known keys: {', '.join(cls.keys())})")
+                close = difflib.get_close_matches(key.replace("_", "-"), cls.keys(), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else "python -m fl_backdoor.config lists every key"
+                raise ConfigError(f"unknown config key '{key}' ({hint})")
             kwargs[name] = _coerce(key, value, type(fields[name].default))
         cfg = cls(**kwargs)
         if validate:
@@ -516,6 +519,8 @@ class ExperimentConfig:
             "pruning-aware-oracle needs the checkpoint holding the final mask",
         )
         _check(not (self.resume and not self.run_name), "resume", "needs run-name (the run directory to continue)")
+        _check(self.run_name in ("", Path(self.run_name).name) and self.run_name not in (".", ".."), "run-name",
+               f"'{self.run_name}' is not a single directory name inside output-dir")
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import pickle
 import platform
 import subprocess
 import sys
@@ -109,7 +110,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        # tensors and plain values only: a shared checkpoint cannot run code when loaded (no pickle objects)
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} holds objects other than tensors and plain values; it is not loaded, "
+                              "since loading them could run code") from None
     except Exception as exc:  # torch raises many kinds for a bad file
         raise CheckpointError(f"{path} is not a readable checkpoint ({exc.__class__.__name__})") from None
     if not isinstance(data, dict) or "state_dict" not in data:

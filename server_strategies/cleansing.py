@@ -20,12 +20,24 @@ from flwr.app import MessageType
 
 from defenses.neuron_ranking import mvp_order, pruning_levels, rap_order
 from fl_backdoor import protocol
-from fl_backdoor.federation_data import validation_set
+from fl_backdoor.federation_data import client_partitions, validation_set
 from fl_backdoor.models import layer_neurons, resolve_layer
 from fl_backdoor.training import accuracy, to_device
 from server_strategies.phases import PHASES, Step, defense_steps
 from server_strategies.reply_checks import Checker, accuracies_checker, evaluate_checker, ranking_checker, votes_checker
 from server_strategies.server_run import ServerRun, percent
+
+
+def bounded_mean(reports: Sequence[tuple[int, Sequence[float], int]], sizes: Sequence[int]) -> np.ndarray:
+    """Mean of the clients' values weighted by the example counts they report, each count capped at the
+    size of the client's partition (the server computes the partitions from the config as the clients do).
+
+    A client that claims more examples than it holds weighs as much as its data, not more: one
+    attacker reporting 10^12 examples cannot decide a pruning level or a Delta on its own.
+    """
+    weights = np.array([float(min(max(n, 0), sizes[c])) for c, _, n in reports])
+    values = np.array([list(v) for _, v, _ in reports], dtype=np.float64)
+    return (weights[:, None] * values).sum(0) / max(weights.sum(), 1.0)
 
 
 class CleansingAborted(RuntimeError):
@@ -45,6 +57,7 @@ class Cleansing:
         device = next(model.parameters()).device
         val = validation_set(self.cfg)
         self.val_x, self.val_y = to_device(val.x, device), val.y.to(device)
+        self.sizes = [len(part) for part in client_partitions(self.cfg)]
         self.results = run.state.results
         self.report_seconds = 0.0  # time spent on report-only curves, kept out of the phase times
 
@@ -53,12 +66,12 @@ class Cleansing:
         """Accuracy of the global model on the server's held-out clean set."""
         return accuracy(self.run.global_model.model, self.val_x, self.val_y, self.cfg.eval_batch_size)
 
-    def query_clients(self, message_type: str, entries: dict[str, Any], check: Checker, what: str) -> list[Any]:
-        """Send a query with the global model to every client; the parsed payloads of the valid replies."""
+    def query_clients(self, message_type: str, entries: dict[str, Any], check: Checker, what: str
+                      ) -> list[tuple[int, Any]]:
+        """Send a query with the global model to every client; (client, parsed payload) of the valid replies."""
         gm, federation = self.run.global_model, self.run.federation
-        replies = federation.ask(federation.everyone, message_type, gm.arrays(), entries, gm.round, "cleanse",
-                                 gm.mask, check)
-        valid = [payload for _, payload in replies]
+        valid = federation.ask(federation.everyone, message_type, gm.arrays(), entries, gm.round, "cleanse",
+                               gm.mask, check)
         if len(valid) < self.cfg.min_replies:
             raise CleansingAborted(f"{what}: only {len(valid)} valid client replies "
                                    f"(min-replies {self.cfg.min_replies})")
@@ -72,24 +85,22 @@ class Cleansing:
             entries["order"] = [int(i) for i in order]
         reports = self.query_clients(protocol.CANDIDATE_ACCURACY, entries, accuracies_checker(len(candidates)),
                                      "candidate accuracies")
-        weights = np.array([float(n) for _, n in reports])
-        accs = np.array([accs for accs, _ in reports], dtype=np.float64)
-        return list((weights[:, None] * accs).sum(0) / max(weights.sum(), 1.0))
+        return list(bounded_mean([(c, accs, n) for c, (accs, n) in reports], self.sizes))
 
     def model_accuracy(self) -> float:
         """Clean accuracy of the current global model: validation set, or a federated evaluate round."""
         if self.cfg.pruning_accuracy == "server":
             return self.validation_accuracy()
         reports = self.query_clients(MessageType.EVALUATE, {}, evaluate_checker(), "evaluate round")
-        total = sum(n for _, n in reports)
-        return float(sum(acc * n for acc, n in reports) / max(total, 1))
+        return float(bounded_mean([(c, [acc], n) for c, (acc, n) in reports], self.sizes)[0])
 
     # --- the clients' neuron reports ---------------------------------------------------------
     def neuron_order(self, method: str) -> list[int]:
         """Aggregate the clients' rankings (RAP) or votes (MVP) into a pruning order."""
         entries = {"layer": self.layer, "method": method, "rate": self.cfg.mvp_rate}
         check = ranking_checker(self.size) if method == "rap" else votes_checker(self.size, self.cfg.mvp_rate)
-        reports = self.query_clients(protocol.RANK_NEURONS, entries, check, f"{method.upper()} reports")
+        reports = [report for _, report in self.query_clients(protocol.RANK_NEURONS, entries, check,
+                                                               f"{method.upper()} reports")]
         already = set(self.run.global_model.mask.pruned) if self.run.global_model.mask else set()
         order = rap_order(reports) if method == "rap" else mvp_order(reports)
         return [i for i in order if i not in already]

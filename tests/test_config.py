@@ -103,3 +103,16 @@ def test_registered_choices_are_the_registries_names():
     assert {"mnist-cnn", "fmnist-cnn", "vgg11"} <= set(choices["model"])
     assert choices["adaptive-attack"][0] == "none" and "rank-manipulation" in choices["adaptive-attack"]
     assert "crash" in choices["malformed-reply"] and "rank-manipulation" not in choices["malformed-reply"]
+
+
+def test_an_unknown_key_gets_the_nearest_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'num-client' \(did you mean 'num-clients'\?\)"):
+        ExperimentConfig.from_flat({"num-client": 3})
+    with pytest.raises(ConfigError, match="lists every key"):
+        ExperimentConfig.from_flat({"zzzz": 1})
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "..", ".", "/tmp/x"])
+def test_a_run_name_cannot_leave_output_dir(name):
+    with pytest.raises(ConfigError, match="run-name"):
+        ExperimentConfig.from_flat({"run-name": name})

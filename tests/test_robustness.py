@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from fl_backdoor.config import ExperimentConfig
@@ -121,3 +122,25 @@ def test_killed_run_resumes_to_the_same_result(data_dir, tmp_path):
     a = (straight / "results.md").read_text()
     b = (resumed / "results.md").read_text()
     assert a == b
+
+
+def test_a_client_claiming_more_examples_than_it_holds_weighs_as_its_data():
+    from server_strategies.cleansing import bounded_mean
+
+    sizes = [100, 100, 300]
+    honest = [(0, [0.9, 0.8], 100), (2, [0.6, 0.5], 300)]
+    assert bounded_mean(honest, sizes).tolist() == pytest.approx([(90 + 180) / 400, (80 + 150) / 400])
+    hostile = [*honest, (1, [0.0, 0.0], 10**12)]  # one attacker claims 10^12 examples
+    assert bounded_mean(hostile, sizes).tolist() == pytest.approx([270 / 500, 230 / 500])
+    assert bounded_mean([(0, [1.0], -5), (1, [0.5], 100)], sizes).tolist() == [0.5], "a negative count weighs 0"
+
+
+def test_a_checkpoint_that_holds_objects_is_not_unpickled(tmp_path):
+    from fl_backdoor.run_dir import CheckpointError, load_checkpoint
+
+    path = tmp_path / "shared.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "extra": Path("anything")}, path)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_checkpoint(path)
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "round": 3, "mask": None, "config": {"seed": 0}}, path)
+    assert load_checkpoint(path)["round"] == 3

@@ -59,7 +59,7 @@ def test_run_starts_from_a_checkpoint_and_continues_round_numbers(trained_run, t
     follow = cfg.replace(init_checkpoint=str(ckpt), num_rounds=1, output_dir=str(tmp_path), run_name="")
     rows = read_csv(run_simulation(follow) / "metrics.csv")
     assert [(r["phase"], int(r["round"])) for r in rows] == [("init", ROUNDS), ("train", ROUNDS + 1)]
-    start = torch.load(ckpt, weights_only=False)
+    start = torch.load(ckpt, weights_only=True)
     assert float(rows[0]["ta"]) == pytest.approx(float(read_csv(run_dir / "metrics.csv")[-1]["ta"]))
     assert start["round"] == ROUNDS
 
