@@ -42,9 +42,7 @@ def is_attacking(cfg: ExperimentConfig, client_id: int, server_round: int, phase
 
 def simultaneous_attackers(cfg: ExperimentConfig) -> int:
     """The most attackers that poison in one training round under ``attack-rounds``."""
-    specs = cfg.attack_rounds.split("/")
-    ranges = [parse_round_spec(specs[k] if len(specs) > 1 else specs[0], "attack-rounds")
-              for k in range(len(cfg.attackers))]
+    ranges = [parse_round_spec(cfg.attack_spec(a), "attack-rounds") for a in cfg.attackers]
     every_round = sum(1 for r in ranges if r is None)
     starts = {a for r in ranges if r for a, _ in r}  # the overlap is largest where some range starts
     overlaps = [sum(1 for r in ranges if r and any(a <= s <= b for a, b in r)) for s in starts]

@@ -354,9 +354,12 @@ class ExperimentConfig:
         """Whether this client is an attacker that poisons in this (absolute) training round."""
         if client_id not in self.attackers:
             return False
+        return round_in_spec(server_round, self.attack_spec(client_id))
+
+    def attack_spec(self, attacker: int) -> str:
+        """The attack-rounds spec of one attacker (its own '/'-separated part, or the shared one)."""
         specs = self.attack_rounds.split("/")
-        spec = specs[self.attackers.index(client_id)] if len(specs) > 1 else specs[0]
-        return round_in_spec(server_round, spec)
+        return specs[self.attackers.index(attacker)] if len(specs) > 1 else specs[0]
 
     def malformed_kind(self, client_id: int) -> str:
         """The kind of invalid reply this client sends ('none' for benign clients)."""

@@ -80,9 +80,7 @@ def check_attackers_data(cfg: ExperimentConfig) -> None:
     """
     if cfg.attack_mode != "victim" or not cfg.attackers:
         return
-    specs = cfg.attack_rounds.split("/")
-    poisoning = [a for k, a in enumerate(cfg.attackers)
-                 if parse_round_spec(specs[k] if len(specs) > 1 else specs[0], "attack-rounds") != []]
+    poisoning = [a for a in cfg.attackers if parse_round_spec(cfg.attack_spec(a), "attack-rounds") != []]
     holding = clients_holding(cfg, cfg.victim_label)
     lacking = [a for a in poisoning if a not in holding]
     if lacking:
