@@ -611,24 +611,23 @@ def config_from_args(overrides: list[str], base: Mapping[str, Any] | None = None
     return ExperimentConfig.from_flat(values)
 
 
+def toml_value(value: Any) -> str:
+    """A config value written as TOML (as pyproject's table and `flwr run --run-config` take it)."""
+    return ("true" if value else "false") if isinstance(value, bool) else json.dumps(value)
+
+
 def toml_table() -> str:
     """The schema's defaults as the body of pyproject's [tool.flwr.app.config] table."""
-    lines = []
-    for f in dataclasses.fields(ExperimentConfig):
-        value = f.default
-        text = ("true" if value else "false") if isinstance(value, bool) else json.dumps(value)
-        lines.append(f"{f.name.replace('_', '-')} = {text}")
-    return "\n".join(lines)
+    fields = dataclasses.fields(ExperimentConfig)
+    return "\n".join(f"{f.name.replace('_', '-')} = {toml_value(f.default)}" for f in fields)
 
 
 def markdown_reference() -> str:
     """The schema as a markdown table (key, default, meaning) for the README."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(ExperimentConfig):
-        value = f.default
-        text = ("true" if value else "false") if isinstance(value, bool) else json.dumps(value)
         meaning = f.metadata["help"].replace("|", "/")
-        rows.append(f"| `{f.name.replace('_', '-')}` | `{text}` | {meaning} |")
+        rows.append(f"| `{f.name.replace('_', '-')}` | `{toml_value(f.default)}` | {meaning} |")
     return "\n".join(rows) + "\n"
 
 

@@ -6,7 +6,10 @@ Layout under the data directory (the official file names, as the publishers ship
     fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
     cifar-10-batches-py/{data_batch_1..5,test_batch}      (from cifar-10-python.tar.gz)
 
-A missing dataset is downloaded with an MD5 check.  Each split is loaded once per
+A missing dataset is downloaded with an MD5 check, into a temporary directory first, so
+an interrupted download never leaves a file under a final name.  A file that cannot be
+read whole (cut short, damaged) is reported in one line; with download allowed, an
+MNIST/Fashion-MNIST file is set aside as ``<name>.corrupt`` and fetched again.  Each split is loaded once per
 process and kept as tensors: images float32 in [0, 1] (N, C, H, W), labels int64.
 Offline copies (``../shared/data`` on the development machines) are linked in with
 ``python -m fl_backdoor.datasets --offline-copy DIR``.
@@ -15,12 +18,16 @@ Offline copies (``../shared/data`` on the development machines) are linked in wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gzip
 import os
 import pickle
 import subprocess
 import sys
+import tempfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +73,15 @@ class DatasetUnavailable(UserError):
     """A dataset is neither on disk nor downloadable; the message says where and what."""
 
 
+class CorruptFile(DatasetUnavailable):
+    """A dataset file exists but cannot be read whole (an interrupted download, a damaged copy)."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"{path} is truncated or corrupt ({detail}); delete it and run again "
+                         f"(with download=true it is fetched again)")
+        self.path = path
+
+
 @dataclass(frozen=True)
 class Split:
     """One split of a dataset held in memory."""
@@ -97,8 +113,16 @@ def load_split(dataset: str, data_dir: str, train: bool, download: bool = True) 
         folder = root / dataset
         names = _IDX_FILES[split]
         _ensure_files(dataset, folder, names, download)
-        images = _read_idx(folder / names[0])
-        labels = _read_idx(folder / names[1])
+        try:
+            images, labels = _read_idx(folder / names[0]), _read_idx(folder / names[1])
+        except CorruptFile as exc:
+            if not download:
+                raise
+            aside = exc.path.with_name(exc.path.name + ".corrupt")
+            os.replace(exc.path, aside)  # kept, not deleted: it may be the user's only copy
+            print(f"{exc.path} is truncated or corrupt; moved to {aside.name}, downloading it again", flush=True)
+            _ensure_files(dataset, folder, names, download)
+            images, labels = _read_idx(folder / names[0]), _read_idx(folder / names[1])
         x = torch.from_numpy(images).unsqueeze(1)
     elif dataset == "cifar10":
         folder = root / _CIFAR_DIR
@@ -115,28 +139,34 @@ def load_split(dataset: str, data_dir: str, train: bool, download: bool = True) 
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Read a (gzipped) IDX file as a uint8 array."""
+    """Read a (gzipped) IDX file as a uint8 array; a cut or damaged file raises CorruptFile."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (EOFError, OSError, zlib.error) as exc:  # gzip: cut short (EOFError), bad header or CRC (OSError)
+        raise CorruptFile(path, f"{exc.__class__.__name__}: {exc}") from None
     if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DatasetUnavailable(f"{path} is not an unsigned-byte IDX file")
+        raise CorruptFile(path, "not an unsigned-byte IDX file")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape))
     if len(data) - offset != expected:
-        raise DatasetUnavailable(f"{path} is truncated: {len(data) - offset} of {expected} bytes")
+        raise CorruptFile(path, f"{len(data) - offset} of {expected} bytes")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape).copy()
 
 
 def _read_cifar(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for name in files:
-        with open(folder / name, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
-        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        try:
+            with open(folder / name, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        except (EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as exc:
+            raise CorruptFile(folder / name, f"{exc.__class__.__name__}: {exc}") from None
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -152,13 +182,15 @@ def _ensure_files(dataset: str, folder: Path, names: tuple[str, ...], download: 
     if not download:
         raise DatasetUnavailable(_missing_message(folder, names, "download disabled"))
     mirrors, md5s = _IDX_SOURCES[dataset]
-    from torchvision.datasets.utils import download_url  # checks MD5, retries mirrors below
+    from torchvision.datasets.utils import download_url  # retries, and raises on an MD5 mismatch
 
     for name in missing:
         errors = []
         for mirror in mirrors:
             try:
-                download_url(mirror + name, str(folder), filename=name, md5=md5s[name])
+                with _staging(folder) as staging:
+                    download_url(mirror + name, str(staging), filename=name, md5=md5s[name])
+                    os.replace(staging / name, folder / name)
                 break
             except Exception as exc:  # any network failure means: try the next mirror
                 errors.append(f"{mirror}: {exc.__class__.__name__}")
@@ -175,10 +207,23 @@ def _ensure_cifar(folder: Path, download: bool) -> None:
     from torchvision.datasets.utils import download_and_extract_archive
 
     try:
-        download_and_extract_archive(_CIFAR_URL, str(folder.parent), md5=_CIFAR_MD5)
+        with _staging(folder.parent) as staging:
+            download_and_extract_archive(_CIFAR_URL, str(staging), md5=_CIFAR_MD5)
+            if folder.exists():  # an incomplete earlier copy: kept beside, not deleted
+                os.replace(folder, folder.with_name(folder.name + ".incomplete"))
+            os.replace(staging / _CIFAR_DIR, folder)
     except Exception as exc:
         reason = f"download failed: {exc.__class__.__name__}"
         raise DatasetUnavailable(_missing_message(folder, names, reason)) from None
+
+
+@contextlib.contextmanager
+def _staging(parent: Path) -> Iterator[Path]:
+    """A temporary directory beside the final files: downloads land there and are renamed into
+    place only once complete and verified, so an interrupted download leaves no file under a final name."""
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=parent) as tmp:
+        yield Path(tmp)
 
 
 def link_offline_copy(source: Path, data_dir: Path, cifar: bool = True) -> None:

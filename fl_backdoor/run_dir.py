@@ -7,6 +7,7 @@ moment leaves either the old or the new version of each file, never half of one.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -19,7 +20,7 @@ import time
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -122,11 +123,44 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class RunDirectoryInUse(UserError):
+    """Another process is writing the run directory."""
+
+
 class RunDirectory:
-    """The directory of one run and the files in it."""
+    """The directory of one run and the files in it.
+
+    A run holds an exclusive lock on ``<dir>/.lock`` while it writes, so two runs (two
+    resumes of one run, a sweep started twice) never interleave their files.  The
+    operating system drops the lock when the process ends, killed or not.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock: IO[str] | None = None
+
+    def lock(self) -> None:
+        """Take the directory's lock, or raise RunDirectoryInUse naming the process that holds it."""
+        handle = open(self.path / ".lock", "a+")  # noqa: SIM115 -- held open for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunDirectoryInUse(f"{self.path} is being written by another run (pid {holder}); wait for it "
+                                    f"to end, or use another run-name") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def release(self) -> None:
+        """Give the lock up (the run is over)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @classmethod
     def create(cls, cfg: ExperimentConfig) -> RunDirectory:
@@ -140,13 +174,17 @@ class RunDirectory:
             # a phase list names the directory with '+' between phases and no '?' (probes)
             defense = cfg.defense.replace("?", "").replace(",", "+").replace(" ", "")
             name = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.dataset}-{defense}"
-            path = base / name
-            suffix = 1
-            while path.exists():
-                suffix += 1
-                path = base / f"{name}-{suffix}"
-            path.mkdir(parents=True)
+            base.mkdir(parents=True, exist_ok=True)
+            path, suffix = base / name, 1
+            while True:
+                try:
+                    path.mkdir()  # atomic: of two runs started at once with one name, one gets name-2
+                    break
+                except FileExistsError:
+                    suffix += 1
+                    path = base / f"{name}-{suffix}"
         run = cls(path)
+        run.lock()
         write_json(path / "config.json", cfg.to_flat())
         write_json(path / "versions.json", package_versions())
         return run

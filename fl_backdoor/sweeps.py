@@ -126,6 +126,7 @@ class SweepOutcome:
     finished: dict[str, Path] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # finished before this invocation
+    nodes: dict[str, str] = field(default_factory=dict)  # experiment -> Ray node id it ran on (this invocation)
 
     def run_dir(self, experiment: Experiment) -> Path | None:
         """The experiment's run directory, or None when it did not finish."""
@@ -232,10 +233,15 @@ def _stay_connected() -> Iterator[None]:
         ray.shutdown = shutdown
 
 
-def run_experiment(runner: Runner, flat: dict[str, Any], log_path: str, max_actors: int) -> str:
-    """Body of one sweep task: run the experiment with its output in its log; returns the run directory."""
+def run_experiment(runner: Runner, flat: dict[str, Any], log_path: str, max_actors: int) -> tuple[str, str]:
+    """Body of one sweep task: run the experiment with its output in its log.
+
+    Returns the run directory and the id of the Ray node the task ran on.
+    """
+    import ray
+
     with _output_to(Path(log_path)), actor_limit(max_actors), _stay_connected():
-        return str(runner(ExperimentConfig.from_flat(flat)))
+        return str(runner(ExperimentConfig.from_flat(flat))), ray.get_runtime_context().get_node_id()
 
 
 # --- the driver --------------------------------------------------------------------------------------
@@ -309,7 +315,8 @@ def run_sweep(experiments: Sequence[Experiment], runner: Runner, results_dir: st
 
     cpus, on_cluster = connect()
     parallel = parallel or default_parallel(todo, cpus, on_cluster)
-    task = ray.remote(num_cpus=0, max_calls=1)(run_experiment)
+    # SPREAD: on a multi-node cluster the experiments start on different nodes, not all on the head
+    task = ray.remote(num_cpus=0, max_calls=1, scheduling_strategy="SPREAD")(run_experiment)
     bar = tqdm(total=len(jobs), initial=len(outcome.finished), unit="run", disable=not progress,
                desc=f"sweep ({parallel} at once)", dynamic_ncols=True)
     in_flight: dict[Any, tuple[Experiment, float]] = {}
@@ -335,8 +342,10 @@ def run_sweep(experiments: Sequence[Experiment], runner: Runner, results_dir: st
             done, _ = ray.wait(list(in_flight), num_returns=1)
             exp, started = in_flight.pop(done[0])
             try:
-                outcome.finished[exp.name] = Path(ray.get(done[0]))
-                bar.write(f"finished {exp.name} in {time.perf_counter() - started:.0f}s")
+                run_dir, node = ray.get(done[0])
+                outcome.finished[exp.name], outcome.nodes[exp.name] = Path(run_dir), node
+                where = f" on node {node[:8]}" if on_cluster else ""
+                bar.write(f"finished {exp.name} in {time.perf_counter() - started:.0f}s{where}")
             except Exception as exc:  # any failure of a task is reported, the sweep goes on
                 reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
                 outcome.failed[exp.name] = f"{reason} (log: {logs_dir / (exp.name + '.log')})"

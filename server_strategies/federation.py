@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fl_backdoor import protocol
@@ -88,7 +89,10 @@ class Federation:
             answered.add(client)
             if reply.has_error():
                 lines = [line for line in (reply.error.reason or "").splitlines() if line.strip()] or ["(no reason)"]
-                self._drop(phase, server_round, "fault", client, node, f"client error: {lines[-1].strip()[:300]}")
+                if reply.error.code == ErrorCode.NODE_UNAVAILABLE:  # the SuperLink lost the node's heartbeat
+                    self._drop(phase, server_round, "missing", client, node, f"node unavailable: {lines[-1].strip()}")
+                else:
+                    self._drop(phase, server_round, "fault", client, node, f"client error: {lines[-1].strip()[:300]}")
                 continue
             try:
                 valid.append((client, check(reply.content)))

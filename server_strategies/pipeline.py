@@ -6,6 +6,7 @@ and a Ray cluster alike.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from flwr.serverapp import Grid
 
 from fl_backdoor.allocator import keep_freed_memory
-from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.config import ExperimentConfig, UserError
 from fl_backdoor.datasets import resolve_data_dir
 from fl_backdoor.evaluation import Evaluator
 from fl_backdoor.federation_data import check_attackers_data, test_set
@@ -79,18 +80,24 @@ def prepare_run(grid: Grid, cfg: ExperimentConfig) -> ServerRun:
     check_attackers_data(cfg)  # computes the partitions
     gm = initial_model(cfg)
     run_dir = RunDirectory.create(cfg)
-    state = RunState.load(run_dir) if cfg.resume else RunState(gm.round, gm.round + cfg.num_rounds)
-    if cfg.resume:
-        restore(gm, run_dir.checkpoint("latest"))
-        print(f"resuming {run_dir.path} after round {gm.round} (steps done: {', '.join(state.done) or 'none'})",
-              flush=True)
-    to_device(gm.model, device)
-    print(f"run directory: {run_dir.path}", flush=True)
-    client_nodes = map_clients_to_nodes(grid, cfg.num_clients)
-    run = ServerRun(cfg, grid, run_dir, evaluator, gm, Federation(cfg, grid, client_nodes), state)
-    if cfg.resume:
-        run.rows = read_csv(run_dir.metrics_csv)
-        run.federation.dropped = read_csv(run_dir.path / "dropped_replies.csv")
+    try:
+        state = RunState.load(run_dir) if cfg.resume else RunState(gm.round, gm.round + cfg.num_rounds)
+        if cfg.resume:
+            restore(gm, run_dir.checkpoint("latest"))
+            print(f"resuming {run_dir.path} after round {gm.round} (steps done: {', '.join(state.done) or 'none'})",
+                  flush=True)
+        to_device(gm.model, device)
+        print(f"run directory: {run_dir.path}", flush=True)
+        client_nodes = map_clients_to_nodes(grid, cfg.num_clients)
+        run = ServerRun(cfg, grid, run_dir, evaluator, gm, Federation(cfg, grid, client_nodes), state)
+        if cfg.resume:
+            # rows are written before the round's checkpoint: drop those of a round the checkpoint missed
+            run.rows = [r for r in read_csv(run_dir.metrics_csv) if int(r["round"]) <= gm.round]
+            run.federation.dropped = [d for d in read_csv(run_dir.path / "dropped_replies.csv")
+                                      if int(d["round"]) <= gm.round]
+    except BaseException:
+        run_dir.release()
+        raise
     return run
 
 
@@ -111,7 +118,23 @@ def run_pipeline(grid: Grid, cfg: ExperimentConfig) -> Path:
     keep_freed_memory()
     if hasattr(grid, "pull_interval"):  # the simulation's in-memory grid polls for replies every 0.1 s by default
         grid.pull_interval = 0.01
-    run = prepare_run(grid, cfg)
+    try:
+        run = prepare_run(grid, cfg)
+        try:
+            return train_and_defend(run)
+        finally:
+            run.run_dir.release()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # every file is written atomically, so the last complete checkpoint and metrics are intact
+        raise UserError(f"no space left on the device of output-dir ({Path(cfg.output_dir).resolve()}): "
+                        f"the run stopped after its last complete checkpoint; free space, then rerun "
+                        f"with resume=true to continue") from None
+
+
+def train_and_defend(run: ServerRun) -> Path:
+    """The rounds and defense steps of a prepared run not done yet; returns the run directory."""
     cfg, state = run.cfg, run.state
     if "train" not in state.done:
         if state.end_round > run.global_model.round:

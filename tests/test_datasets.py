@@ -1,11 +1,12 @@
 """Loading the official on-disk formats, and clear errors when files are missing."""
 
 import gzip
+from pathlib import Path
 
 import pytest
 import torch
 
-from fl_backdoor.datasets import DatasetUnavailable, load_split
+from fl_backdoor.datasets import CorruptFile, DatasetUnavailable, load_split
 
 
 @pytest.mark.parametrize("name, n_train, shape", [
@@ -46,3 +47,55 @@ def test_truncated_idx_file_is_reported(tmp_path):
         fh.write(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(10))
     with pytest.raises(DatasetUnavailable, match="truncated"):
         load_split("mnist", str(tmp_path), True, download=False)
+
+
+def _copy_mnist_test_split(data_dir: str, target: Path) -> Path:
+    folder = target / "mnist"
+    folder.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).write_bytes((Path(data_dir) / "mnist" / name).read_bytes())
+    return folder
+
+
+def test_a_gzip_cut_short_is_one_line_naming_the_file_and_is_left_in_place(data_dir, tmp_path):
+    folder = _copy_mnist_test_split(data_dir, tmp_path)
+    cut = folder / "t10k-images-idx3-ubyte.gz"
+    cut.write_bytes(cut.read_bytes()[:500_000])  # what an interrupted first download leaves
+    with pytest.raises(CorruptFile) as err:
+        load_split("mnist", str(tmp_path), False, download=False)
+    message = str(err.value)
+    assert str(cut) in message and "truncated or corrupt" in message and "\n" not in message
+    assert cut.stat().st_size == 500_000, "download=false never touches the user's files"
+
+
+def test_with_download_a_corrupt_file_is_kept_aside_and_fetched_again(data_dir, tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv
+
+    folder = _copy_mnist_test_split(data_dir, tmp_path)
+    bad = folder / "t10k-labels-idx1-ubyte.gz"
+    bad.write_bytes(b"\x1f\x8b" + bytes(40))  # a gzip header and garbage
+    fetched = []
+
+    def fake_download(url, root, filename, md5):
+        fetched.append((url, Path(root).parent == folder))
+        (Path(root) / filename).write_bytes((Path(data_dir) / "mnist" / filename).read_bytes())
+
+    monkeypatch.setattr(tv, "download_url", fake_download)
+    split = load_split("mnist", str(tmp_path), False, download=True)
+    assert len(split) == 10_000 and split.y[:3].tolist() == [7, 2, 1]
+    assert len(fetched) == 1 and fetched[0][0].endswith("t10k-labels-idx1-ubyte.gz")
+    assert fetched[0][1], "downloaded into a temporary directory beside the final file"
+    assert (folder / "t10k-labels-idx1-ubyte.gz.corrupt").read_bytes() == b"\x1f\x8b" + bytes(40)
+
+
+def test_an_interrupted_download_leaves_nothing_under_the_final_name(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv
+
+    def broken_download(url, root, filename, md5):
+        (Path(root) / filename).write_bytes(b"\x1f\x8b partial")
+        raise ConnectionError("connection reset")
+
+    monkeypatch.setattr(tv, "download_url", broken_download)
+    with pytest.raises(DatasetUnavailable, match=r"download failed: .*ConnectionError"):
+        load_split("fashion-mnist", str(tmp_path), True, download=True)
+    assert list((tmp_path / "fashion-mnist").iterdir()) == [], "no partial file, no staging directory"

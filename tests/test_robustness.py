@@ -144,3 +144,135 @@ def test_a_checkpoint_that_holds_objects_is_not_unpickled(tmp_path):
         load_checkpoint(path)
     torch.save({"state_dict": {"w": torch.zeros(2)}, "round": 3, "mask": None, "config": {"seed": 0}}, path)
     assert load_checkpoint(path)["round"] == 3
+
+
+def test_duplicated_unexpected_failed_and_lost_replies_are_each_counted(monkeypatch):
+    from flwr.app import Error, Message, MetricRecord, RecordDict
+    from flwr.common.constant import ErrorCode
+
+    from server_strategies.federation import Federation
+
+    try:  # Flower 1.42 builds messages only inside a run
+        from flwr.supercore.task_identity import TaskIdentity
+        for name in ("_run_id", "_node_id", "_task_id"):
+            monkeypatch.setattr(TaskIdentity, name, 1)
+    except ImportError:
+        pass
+
+    def sent_to(node: int, message_id: str) -> Message:
+        message = Message(RecordDict(), dst_node_id=node, message_type="train")
+        message.metadata.__dict__["_message_id"] = message_id  # the grid sets it when it sends
+        return message
+
+    def check(content: RecordDict) -> float:
+        value = content.metric_records["metrics"]["value"]
+        assert isinstance(value, float)
+        return value
+
+    cfg = ExperimentConfig.from_flat({"num-clients": 5})
+    federation = Federation(cfg, grid=None, client_nodes={c: 100 + c for c in range(5)})
+    messages = [sent_to(100 + c, f"m{c}") for c in range(5)]
+    sent = {f"m{c}": c for c in range(5)}
+    stranger = sent_to(100, "not-sent")
+
+    def answer(message: Message, value: float) -> Message:
+        return Message(RecordDict({"metrics": MetricRecord({"value": value})}), reply_to=message)
+
+    replies = [answer(messages[3], 3.0), answer(messages[0], 0.5),
+               answer(messages[0], 9.0),  # the same node answers twice: the second is dropped
+               answer(stranger, 7.0),  # a reply to no message of this round
+               Message(Error(ErrorCode.NODE_UNAVAILABLE, "heartbeat lost"), reply_to=messages[1]),
+               Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "Traceback\nValueError: boom"),
+                       reply_to=messages[2])]
+    valid = federation.screen(replies, sent, check, server_round=4, phase="train")
+    assert valid == [(0, 0.5), (3, 3.0)], "first reply of each client, ordered by client"
+    kinds = [(d["client"], d["kind"]) for d in federation.dropped]
+    assert kinds == [(0, "invalid"), (None, "invalid"), (1, "missing"), (2, "fault"), (4, "missing")]
+    assert federation.dropped[3]["reason"] == "client error: ValueError: boom"
+    assert federation.drop_counts(4, "train") == {"invalid": 2, "fault": 1, "missing": 2}
+
+
+def test_a_run_killed_between_a_fine_tuning_round_and_its_accuracy_resumes_to_the_same_result(
+        data_dir, tmp_path, monkeypatch):
+    from server_strategies.cleansing import Cleansing
+
+    values = {"num-clients": 3, "num-rounds": 2, "defense": "prune,finetune", "finetune-rounds": 3,
+              "finetune-patience": 3, "gamma": 2, "trigger": "pixel-9", "poison-epochs": 2, "run-name": "r"}
+    straight = run_simulation(tiny(data_dir, tmp_path / "straight", **values))
+
+    class Killed(Exception):
+        pass
+
+    measure = Cleansing.model_accuracy
+
+    def dies_after_the_second_round(self: Cleansing) -> float:
+        if self.run.global_model.round == values["num-rounds"] + 2:  # its model and metrics are saved by now
+            raise Killed
+        return measure(self)
+
+    monkeypatch.setattr(Cleansing, "model_accuracy", dies_after_the_second_round)
+    with pytest.raises(Killed):
+        run_simulation(tiny(data_dir, tmp_path / "killed", **values))
+    monkeypatch.undo()
+    resumed = run_simulation(ExperimentConfig.from_flat({"output-dir": str(tmp_path / "killed"), "run-name": "r",
+                                                        "resume": True, "data-dir": data_dir}))
+    assert comparable(read_csv(resumed / "metrics.csv")) == comparable(read_csv(straight / "metrics.csv"))
+    assert (resumed / "results.md").read_text() == (straight / "results.md").read_text()
+
+
+def test_two_runs_never_write_one_run_directory(tmp_path):
+    from fl_backdoor.run_dir import RunDirectory, RunDirectoryInUse
+
+    cfg = ExperimentConfig.from_flat({"output-dir": str(tmp_path), "run-name": "r"})
+    first = RunDirectory.create(cfg)
+    assert RunDirectory.create(cfg).path == tmp_path / "r-2", "a second fresh run with the name gets its own"
+    (first.path / "checkpoints").mkdir()
+    (first.path / "checkpoints" / "latest.pt").write_bytes(b"")
+    with pytest.raises(RunDirectoryInUse, match=rf"{first.path} is being written by another run \(pid {os.getpid()}\)"):
+        RunDirectory.create(cfg.replace(resume=True))  # e.g. a resume started while the run still goes on
+    first.release()
+    RunDirectory.create(cfg.replace(resume=True)).release()
+
+
+def test_the_lock_of_a_killed_run_is_free_again(tmp_path):
+    from fl_backdoor.run_dir import RunDirectory, RunDirectoryInUse
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from fl_backdoor.run_dir import RunDirectory; "
+                               "held = RunDirectory(Path(sys.argv[1])); held.lock(); "
+                               "print('locked', flush=True); time.sleep(60)", str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunDirectoryInUse, match=f"pid {holder.pid}"):
+        RunDirectory(tmp_path).lock()
+    holder.kill()
+    holder.wait()
+    run_dir = RunDirectory(tmp_path)
+    run_dir.lock()
+    run_dir.release()
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_path, monkeypatch):
+    import errno
+
+    from fl_backdoor import run_dir as run_dir_module
+    from fl_backdoor.config import UserError
+
+    write = run_dir_module.atomic_write_bytes
+    checkpoints: list[str] = []
+
+    def disk_fills_up(path: Path, data: bytes) -> None:
+        if path.name == "latest.pt":
+            checkpoints.append(path.name)
+            if len(checkpoints) == 2:  # round 2's checkpoint no longer fits
+                raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, data)
+
+    monkeypatch.setattr(run_dir_module, "atomic_write_bytes", disk_fills_up)
+    cfg = tiny(data_dir, tmp_path, **{"num-clients": 2, "num-rounds": 3, "run-name": "r"})
+    with pytest.raises(UserError, match=r"^no space left on the device of output-dir .*resume=true"):
+        run_simulation(cfg)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "latest.pt")["round"] == 1, "the last complete one"
+    resumed = run_simulation(cfg.replace(resume=True))
+    assert [r["round"] for r in read_csv(resumed / "metrics.csv")] == ["0", "1", "2", "3"]
