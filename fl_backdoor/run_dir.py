@@ -169,7 +169,8 @@ class RunDirectory:
         if cfg.resume:
             path = base / cfg.run_name
             if not (path / "checkpoints" / "latest.pt").exists():
-                raise CheckpointError(f"resume: {path} has no checkpoint to continue from")
+                raise CheckpointError(f"resume: {path} has no checkpoint to continue from (a run stopped before "
+                                      f"its first evaluation has nothing to resume: start it again without resume)")
         else:
             # a phase list names the directory with '+' between phases and no '?' (probes)
             defense = cfg.defense.replace("?", "").replace(",", "+").replace(" ", "")

@@ -143,6 +143,8 @@ def train_and_defend(run: ServerRun) -> Path:
         if not cfg.resume:
             run.record_round({"phase": "init", "round": state.start_round, **run.evaluate(), "clients": 0,
                               "attacking": 0, "replies": 0, "seconds": 0.0})
+            run.checkpoint("latest", phase="init")  # a run killed in its first round can resume too
+            state.save(run.run_dir)
         started = time.perf_counter()
         run.training_rounds(range(run.global_model.round + 1, state.end_round + 1))
         state.phase_seconds["train"] = state.phase_seconds.get("train", 0.0) + round(time.perf_counter() - started, 3)

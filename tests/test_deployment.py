@@ -19,6 +19,7 @@ import pytest
 
 from fl_backdoor.deployment import LocalFederation, flower_tool, make_certificates
 from fl_backdoor.run_dir import read_csv
+from server_strategies.nodes import assign_clients
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"dataset": "mnist", "num-clients": 3, "labels-per-client": 10, "data-fraction": 0.02, "test-subset": 500,
@@ -49,6 +50,18 @@ def assert_every_phase_ran(run_dir: Path) -> dict:
     for name in ("trained", "fp", "fp-aw", "ft", "all"):
         assert (run_dir / "checkpoints" / f"{name}.pt").exists()
     return results
+
+
+def test_clients_go_to_the_node_of_their_partition_id_or_in_turn(capsys):
+    assert assign_clients({11: 2, 12: 0, 13: 1}, 3) == {0: 12, 1: 13, 2: 11}
+    assert capsys.readouterr().out == ""
+    assert assign_clients({11: 1, 12: 0}, 5) == {0: 12, 1: 11, 2: 12, 3: 11, 4: 12}
+    assert "2 SuperNodes for 5 clients" in capsys.readouterr().out
+    assert assign_clients({11: 7, 12: 5, 13: 6}, 3) == {0: 12, 1: 13, 2: 11}, "ordered by partition id"
+    # started without --node-config: every node reports -1; none may be left out
+    assert assign_clients({13: -1, 11: -1, 12: -1}, 3) == {0: 11, 1: 12, 2: 13}
+    assert "without distinct partition ids" in capsys.readouterr().out
+    assert assign_clients({11: 0, 12: 0, 13: 1}, 3) == {0: 11, 1: 12, 2: 13}, "a repeated id: node-id order"
 
 
 def test_superlink_and_three_supernodes_run_training_and_every_cleansing_query(data_dir, tmp_path):

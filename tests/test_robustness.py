@@ -264,7 +264,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_pa
     def disk_fills_up(path: Path, data: bytes) -> None:
         if path.name == "latest.pt":
             checkpoints.append(path.name)
-            if len(checkpoints) == 2:  # round 2's checkpoint no longer fits
+            if len(checkpoints) == 2:  # round 1's checkpoint no longer fits (the first is of round 0)
                 raise OSError(errno.ENOSPC, "No space left on device")
         write(path, data)
 
@@ -273,6 +273,6 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_pa
     with pytest.raises(UserError, match=r"^no space left on the device of output-dir .*resume=true"):
         run_simulation(cfg)
     monkeypatch.undo()
-    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "latest.pt")["round"] == 1, "the last complete one"
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "latest.pt")["round"] == 0, "the last complete one"
     resumed = run_simulation(cfg.replace(resume=True))
     assert [r["round"] for r in read_csv(resumed / "metrics.csv")] == ["0", "1", "2", "3"]
