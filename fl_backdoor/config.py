@@ -81,8 +81,9 @@ ADAPTIVE_CHOICES = _registered("clients.behaviours", "BEHAVIOURS", "adaptive", (
 MALFORMED_CHOICES = _registered("clients.behaviours", "BEHAVIOURS", "malformed", ("none",))
 
 
-def _opt(roles: str, default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, "roles": tuple(roles.split()), **kw})
+def _opt(roles: str, default: Any, help: str, added: bool = False, **kw: Any) -> Any:
+    # added: a key introduced after sweeps were recorded (see ExperimentConfig.added_defaults)
+    return field(default=default, metadata={"help": help, "roles": tuple(roles.split()), "added": added, **kw})
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,16 @@ class ExperimentConfig:
         "federation", "paper", "paper: G += 1/n sum(L-G); dba: G += eta/n sum(L-G).", choices=AGGREGATION_CHOICES
     )
     server_lr: float = _opt("federation", 1.0, "eta of the dba aggregation (the DBA reference uses 0.1).")
+    robust_f: int = _opt("federation", 1, "Malicious clients the Byzantine-robust rules (krum, multikrum, bulyan) "
+                                          "assume: the defender's guess, never read from the attack settings.",
+                         added=True)
+    multikrum_select: int = _opt("federation", 0, "multikrum: models averaged (m); 0 = n - f.", added=True)
+    trim_fraction: float = _opt("federation", 0.2, "trimmed-mean: fraction cut at each end of every coordinate "
+                                                   "(Flower's FedTrimmedAvg beta).", added=True)
+    clip_norm: float = _opt("federation", 0.0, "norm-clip: L2 bound on each client's update; 0 = the round's "
+                                               "median update norm.", added=True)
+    flame_lambda: float = _opt("federation", 0.001, "flame: Gaussian noise sigma = lambda x the median update "
+                                                    "norm (FLAME's value for image classification).", added=True)
     min_replies: int = _opt("federation", 1, "Skip a round (keep the model) when fewer valid replies arrive.")
     round_timeout: float = _opt("placement", 3600.0, "Seconds the server waits for the replies of one round.")
     # --- benign local training -------------------------------------------------
@@ -383,6 +394,12 @@ class ExperimentConfig:
         return self.server_lr if uses_lr else 1.0
 
     @classmethod
+    def added_defaults(cls) -> dict[str, Any]:
+        """Keys added after sweeps were recorded, with their defaults: a sweep run's identity includes
+        them only when set away from the default, so earlier runs keep their directory names."""
+        return {f.name.replace("_", "-"): f.default for f in dataclasses.fields(cls) if f.metadata["added"]}
+
+    @classmethod
     def keys_with_role(cls, role: str) -> tuple[str, ...]:
         """The kebab-case keys that declare a role (see ROLES)."""
         if role not in ROLES:
@@ -431,6 +448,11 @@ class ExperimentConfig:
             _check(getattr(self, key) >= 1, key.replace("_", "-"), f"must be >= 1, got {getattr(self, key)}")
         _check(0.0 < self.lr_decay <= 1.0, "lr-decay", f"must be in (0, 1], got {self.lr_decay}")
         _check(self.min_replies >= 1, "min-replies", f"must be >= 1, got {self.min_replies}")
+        _check(self.robust_f >= 0, "robust-f", f"must be >= 0, got {self.robust_f}")
+        _check(self.multikrum_select >= 0, "multikrum-select", f"must be >= 0, got {self.multikrum_select}")
+        _check(0.0 <= self.trim_fraction < 0.5, "trim-fraction", f"must be in [0, 0.5), got {self.trim_fraction}")
+        _check(self.clip_norm >= 0, "clip-norm", f"must be >= 0, got {self.clip_norm}")
+        _check(self.flame_lambda >= 0, "flame-lambda", f"must be >= 0, got {self.flame_lambda}")
         self.widths  # noqa: B018 - parses model-widths
         attackers = self.attackers
         if not self.attacker_ids.strip():

@@ -79,11 +79,13 @@ class Experiment:
         """Hash of everything the run computes: its config (all keys, defaults included) and its parent.
 
         A training-only run ignores the defense settings, so they are not part of its identity:
-        defenses that differ only in those settings start from the same trained model.
+        defenses that differ only in those settings start from the same trained model.  Keys added
+        later count only when set away from their defaults (ExperimentConfig.added_defaults).
         """
         flat = self.cfg.to_flat()
         ignored = PLACEMENT_KEYS + (DEFENSE_KEYS if self.cfg.defense == "train-only" else ())
-        identity = {k: v for k, v in flat.items() if k not in ignored}
+        added = ExperimentConfig.added_defaults()
+        identity = {k: v for k, v in flat.items() if k not in ignored and not (k in added and v == added[k])}
         identity["parent"] = self.parent.name if self.parent else ""
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 

@@ -18,7 +18,7 @@ from fl_backdoor.evaluation import Evaluator
 from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.plots import plot_curves
 from fl_backdoor.run_dir import RunDirectory, save_checkpoint, write_csv, write_json
-from server_strategies.aggregators import AGGREGATORS
+from server_strategies.aggregators import AGGREGATORS, Aggregate, detection_counts
 from server_strategies.federation import Federation
 from server_strategies.reply_checks import model_checker
 
@@ -133,11 +133,18 @@ class ServerRun:
         arrays = gm.arrays()
         valid = federation.ask(clients, MessageType.TRAIN, arrays, {}, server_round, phase, gm.mask,
                                model_checker(arrays))
+        detection: dict[str, Any] = {}
         if len(valid) < cfg.min_replies:
             print(f"[{phase}] round {server_round}: only {len(valid)} valid replies "
                   f"(min-replies {cfg.min_replies}); round skipped, global model kept", flush=True)
         else:
-            gm.load(AGGREGATORS[cfg.aggregation](arrays, [local for _, (local, _) in valid], cfg))
+            context = {"server_round": server_round} if AGGREGATORS.meta(cfg.aggregation).get("server_round") else {}
+            result = AGGREGATORS[cfg.aggregation](arrays, [local for _, (local, _) in valid], cfg, **context)
+            if isinstance(result, Aggregate):
+                detection = detection_counts([c for c, _ in valid], result.factors,
+                                             lambda c: is_attacking(cfg, c, server_round, phase))
+                result = result.arrays
+            gm.load(result)
         gm.round = server_round
         row: dict[str, Any] = {"phase": phase, "round": server_round}
         if evaluate:
@@ -148,6 +155,7 @@ class ServerRun:
         row["attacking"] = sum(1 for c in clients if is_attacking(cfg, c, server_round, phase))
         row["replies"] = len(valid)
         row.update(federation.drop_counts(server_round, phase))
+        row.update(detection)
         row["seconds"] = round(time.perf_counter() - started, 3)
         self.record_round(row)
         self.checkpoint("latest", phase=phase)

@@ -90,6 +90,9 @@ def test_a_new_key_changes_no_run_name():
 
     # recorded before the plugins key existed: sweep runs keep their directories
     assert Experiment("x", {"dataset": "mnist", "num-rounds": 2}).name == "x-" + RECORDED_DIGEST
+    assert Experiment("x", {"dataset": "mnist", "num-rounds": 2, "robust-f": 1}).name == "x-" + RECORDED_DIGEST
+    changed = Experiment("x", {"dataset": "mnist", "num-rounds": 2, "robust-f": 2}).name
+    assert changed != "x-" + RECORDED_DIGEST, "a key added later counts once it is set away from its default"
 
 
 RECORDED_DIGEST = "2b1a1fdf4d"  # fl_backdoor.sweeps at 8625bd7, before issue 12

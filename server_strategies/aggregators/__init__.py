@@ -8,17 +8,73 @@ the next global model::
 
 ``local`` is ordered by client id, so the arrival order of replies never changes a
 sum.  Registering with ``server_lr=True`` says the rule scales the update by
-``server-lr`` (the config then bounds ``gamma`` by n / server-lr).
+``server-lr`` (the config then bounds ``gamma`` by n / server-lr); with
+``server_round=True`` the rule is also given the round (keyword ``server_round``).
+
+A rule that excludes or down-weights clients returns an :class:`Aggregate` with each
+local model's factor (1 = as in the plain mean, 0 = excluded); the server then records
+which clients it flagged against which were attacking (``metrics.csv``).  The factors
+are reported only: no rule ever reads which clients attack.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from flwr.app import ArrayRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord
 
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.registry import Registry
 
-Aggregator = Callable[[ArrayRecord, list[ArrayRecord], ExperimentConfig], ArrayRecord]
+
+@dataclass(frozen=True)
+class Aggregate:
+    """The new global model, and each local model's factor in it (in ``local``'s order)."""
+
+    arrays: ArrayRecord
+    factors: tuple[float, ...]
+
+
+Aggregator = Callable[[ArrayRecord, list[ArrayRecord], ExperimentConfig], ArrayRecord | Aggregate]
 AGGREGATORS: Registry[Aggregator] = Registry("aggregation", __name__)
+
+
+def flat_updates(global_arrays: ArrayRecord, local: list[ArrayRecord]) -> np.ndarray:
+    """The clients' updates L_i - G as rows of one float64 matrix (n, d), arrays in the global model's order."""
+    g = np.concatenate([a.numpy().astype(np.float64).ravel() for a in global_arrays.values()])
+    return np.stack([np.concatenate([arrays[name].numpy().astype(np.float64).ravel() for name in global_arrays])
+                     for arrays in local]) - g
+
+
+def apply_update(global_arrays: ArrayRecord, update: np.ndarray) -> ArrayRecord:
+    """G + update (a flat float64 vector), every array keeping its shape and dtype (integers rounded)."""
+    out, start = {}, 0
+    for name, array in global_arrays.items():
+        g = array.numpy()
+        new = g.astype(np.float64) + update[start:start + g.size].reshape(g.shape)
+        start += g.size
+        out[name] = Array(np.asarray(new if np.issubdtype(g.dtype, np.floating) else np.rint(new)).astype(g.dtype))
+    return ArrayRecord(out)
+
+
+
+def detection_counts(clients: Sequence[int], factors: Sequence[float],
+                     attacking: Callable[[int], bool]) -> dict[str, Any]:
+    """Which clients a rule flagged (factor below 1) against which were attacking, for metrics.csv.
+
+    flagged_attackers are true positives, flagged_benign false positives; the mean factor
+    of each group shows down-weighting that stops short of exclusion.
+    """
+    flagged = [c for c, f in zip(clients, factors, strict=True) if f < 1.0 - 1e-9]
+    bad = {c for c in clients if attacking(c)}
+
+    def mean_factor(group: set[int]) -> float:
+        values = [f for c, f in zip(clients, factors, strict=True) if c in group]
+        return float(np.mean(values)) if values else float("nan")
+
+    return {"flagged": len(flagged), "flagged_clients": "/".join(map(str, flagged)),
+            "flagged_attackers": sum(c in bad for c in flagged), "flagged_benign": sum(c not in bad for c in flagged),
+            "attacker_factor": mean_factor(bad), "benign_factor": mean_factor(set(clients) - bad)}
