@@ -168,9 +168,8 @@ class RunDirectory:
         base = Path(cfg.output_dir).expanduser().resolve()
         if cfg.resume:
             path = base / cfg.run_name
-            if not (path / "checkpoints" / "latest.pt").exists():
-                raise CheckpointError(f"resume: {path} has no checkpoint to continue from (a run stopped before "
-                                      f"its first evaluation has nothing to resume: start it again without resume)")
+            if not (path / "config.json").is_file():
+                raise CheckpointError(f"resume: no run to continue in {path}")
         else:
             # a phase list names the directory with '+' between phases and no '?' (probes)
             defense = cfg.defense.replace("?", "").replace(",", "+").replace(" ", "")

@@ -66,8 +66,9 @@ def resumed_config(cfg: ExperimentConfig) -> ExperimentConfig:
     if not saved.exists():
         raise CheckpointError(f"resume: no run to continue in {saved.parent}")
     flat = json.loads(saved.read_text())
-    # the run continues from its own latest checkpoint, not from the one it started with
-    flat.update({"resume": True, "output-dir": cfg.output_dir, "run-name": cfg.run_name, "init-checkpoint": ""})
+    flat.update({"resume": True, "output-dir": cfg.output_dir, "run-name": cfg.run_name})
+    if (saved.parent / "checkpoints" / "latest.pt").is_file():
+        flat["init-checkpoint"] = ""  # it continues from its own latest checkpoint, not the one it started from
     return ExperimentConfig.from_flat(flat)
 
 
@@ -81,16 +82,19 @@ def prepare_run(grid: Grid, cfg: ExperimentConfig) -> ServerRun:
     gm = initial_model(cfg)
     run_dir = RunDirectory.create(cfg)
     try:
-        state = RunState.load(run_dir) if cfg.resume else RunState(gm.round, gm.round + cfg.num_rounds)
-        if cfg.resume:
+        continuing = cfg.resume and run_dir.checkpoint("latest").is_file()
+        state = RunState.load(run_dir) if continuing else RunState(gm.round, gm.round + cfg.num_rounds)
+        if continuing:
             restore(gm, run_dir.checkpoint("latest"))
             print(f"resuming {run_dir.path} after round {gm.round} (steps done: {', '.join(state.done) or 'none'})",
                   flush=True)
+        elif cfg.resume:
+            print(f"resuming {run_dir.path}: it stopped before its first checkpoint, so it starts over", flush=True)
         to_device(gm.model, device)
         print(f"run directory: {run_dir.path}", flush=True)
         client_nodes = map_clients_to_nodes(grid, cfg.num_clients)
         run = ServerRun(cfg, grid, run_dir, evaluator, gm, Federation(cfg, grid, client_nodes), state)
-        if cfg.resume:
+        if continuing:
             # rows are written before the round's checkpoint: drop those of a round the checkpoint missed
             run.rows = [r for r in read_csv(run_dir.metrics_csv) if int(r["round"]) <= gm.round]
             run.federation.dropped = [d for d in read_csv(run_dir.path / "dropped_replies.csv")
@@ -140,7 +144,7 @@ def train_and_defend(run: ServerRun) -> Path:
         if state.end_round > run.global_model.round:
             print(f"training rounds {run.global_model.round + 1}..{state.end_round} on {cfg.num_clients} clients "
                   f"(attackers {list(cfg.attackers)}, attack rounds '{cfg.attack_rounds}')", flush=True)
-        if not cfg.resume:
+        if not run.rows:  # a fresh run (or one that stopped before its first checkpoint)
             run.record_round({"phase": "init", "round": state.start_round, **run.evaluate(), "clients": 0,
                               "attacking": 0, "replies": 0, "seconds": 0.0})
             run.checkpoint("latest", phase="init")  # a run killed in its first round can resume too

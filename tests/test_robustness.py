@@ -276,3 +276,15 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_pa
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "latest.pt")["round"] == 0, "the last complete one"
     resumed = run_simulation(cfg.replace(resume=True))
     assert [r["round"] for r in read_csv(resumed / "metrics.csv")] == ["0", "1", "2", "3"]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_by_starting_over(data_dir, tmp_path):
+    from fl_backdoor.run_dir import RunDirectory
+
+    cfg = tiny(data_dir, tmp_path, **{"num-clients": 2, "num-rounds": 2, "run-name": "r"})
+    RunDirectory.create(cfg).release()  # a run killed while Ray was starting leaves config, versions, no checkpoint
+    resumed = run_simulation(ExperimentConfig.from_flat({"output-dir": str(tmp_path), "run-name": "r",
+                                                        "resume": True}))
+    assert resumed == tmp_path / "r"
+    assert [r["round"] for r in read_csv(resumed / "metrics.csv")] == ["0", "1", "2"]
+    assert (resumed / "results.json").exists()
