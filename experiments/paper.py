@@ -54,6 +54,18 @@ def parse_factors(text: str) -> list[str]:
     return names
 
 
+def parse_rules(text: str) -> list[str]:
+    """'paper,krum' -> ['paper', 'krum']: registered aggregation rules for the robust target."""
+    from server_strategies.aggregators import AGGREGATORS
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in AGGREGATORS.names()]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown aggregation rule(s) {', '.join(unknown) or '(none given)'}; "
+                                         f"choose from {', '.join(AGGREGATORS.names())}")
+    return names
+
+
 def run_plan(plan: Plan, results_dir: Path, *, report_only: bool = False, parallel: int | None = None,
              progress: bool = True) -> SweepOutcome:
     """Run a plan's experiments as a sweep, then the experiments that follow from their results.
@@ -96,6 +108,8 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
                         help="victim->attack pairs instead of the scale's, e.g. 9-0,9-1,0-9 (Tables I, II, V, VI)")
     parser.add_argument("--factors", type=parse_factors, default=None,
                         help="ablation: the factors to run, in order, e.g. chosen,previous (default: all; see README)")
+    parser.add_argument("--rules", type=parse_rules, default=None,
+                        help="robust: the aggregation rules, e.g. paper,krum,flame (default: all; see README)")
     parser.add_argument("--variant", default="",
                         help="write the target's tables into <results-dir>/<target>-<variant> (e.g. a -c variant)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -109,7 +123,7 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
             raise UserError(f"-c {key}: the sweep sets it for every run (choose the place with --results-dir)")
     if args.pretrain_rounds is not None and args.pretrain_rounds < 0:
         raise UserError(f"--pretrain-rounds: must be >= 0, got {args.pretrain_rounds}")
-    setup = Setup(args.scale, args.config, args.pretrain_rounds, args.pairs, args.factors)
+    setup = Setup(args.scale, args.config, args.pretrain_rounds, args.pairs, args.factors, args.rules)
     plan = TARGETS[args.target](setup)
     results_dir = Path(args.results_dir or f"results/paper-{args.scale}").expanduser().resolve()
     print(f"{args.target} at scale {args.scale}: {len(plan.experiments)} experiments, results in {results_dir}",

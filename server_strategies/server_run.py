@@ -133,16 +133,18 @@ class ServerRun:
         arrays = gm.arrays()
         valid = federation.ask(clients, MessageType.TRAIN, arrays, {}, server_round, phase, gm.mask,
                                model_checker(arrays))
-        detection: dict[str, Any] = {}
+        detection: dict[str, Any] = {}  # the aggregation's seconds, and whom it flagged
         if len(valid) < cfg.min_replies:
             print(f"[{phase}] round {server_round}: only {len(valid)} valid replies "
                   f"(min-replies {cfg.min_replies}); round skipped, global model kept", flush=True)
         else:
             context = {"server_round": server_round} if AGGREGATORS.meta(cfg.aggregation).get("server_round") else {}
+            aggregating = time.perf_counter()
             result = AGGREGATORS[cfg.aggregation](arrays, [local for _, (local, _) in valid], cfg, **context)
+            detection["aggregate_seconds"] = round(time.perf_counter() - aggregating, 4)
             if isinstance(result, Aggregate):
-                detection = detection_counts([c for c, _ in valid], result.factors,
-                                             lambda c: is_attacking(cfg, c, server_round, phase))
+                detection.update(detection_counts([c for c, _ in valid], result.factors,
+                                                  lambda c: is_attacking(cfg, c, server_round, phase)))
                 result = result.arrays
             gm.load(result)
         gm.round = server_round

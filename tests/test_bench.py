@@ -19,3 +19,18 @@ def test_load_warning_only_above_the_threshold() -> None:
 def test_busy_cpus_is_a_share_of_this_machine() -> None:
     busy = busy_cpus(0.2)
     assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1)
+
+
+def test_the_aggregator_benchmark_times_every_rule_against_fedavg(data_dir) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from server_strategies.aggregators import AGGREGATORS
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "experiments" / "bench_aggregators.py"), "--repeats", "1",
+                          "-c", "dataset=mnist", "-c", "data-fraction=0.02", "-c", f"data-dir={data_dir}"],
+                         capture_output=True, text=True, timeout=300, check=True, cwd=root).stdout
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == list(AGGREGATORS.names()) and "| paper | " in out and "| 1.0 |" in out

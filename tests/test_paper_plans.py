@@ -86,3 +86,20 @@ def test_ablation_changes_one_factor_at_a_time_on_the_same_trained_models() -> N
         assert (parent(e).name in shared) == (not factor.training), "only trigger and model factors retrain"
     assert {e.cfg.pruning_method for e in runs} == {"rap", "mvp"}
     assert {parent(e).cfg.trigger_origin for e in runs if "trigger-27-27" in e.label} == {"26,26"}
+
+
+def test_robust_crosses_every_rule_with_every_attacker_and_defends_each_model() -> None:
+    from experiments.targets import ROBUST_ATTACKS, ROBUST_RULES
+
+    experiments = plan("robust").experiments
+    fmnist = [(9, a) for a in range(9)]
+    assert len(experiments) == len(ROBUST_RULES) * len(ROBUST_ATTACKS) * len(fmnist)
+    seen = {(parent(e).cfg.aggregation, parent(e).cfg.adaptive_attack, e.cfg.victim_label, e.cfg.attack_label)
+            for e in experiments}
+    assert seen == {(r, k, v, a) for r in ROBUST_RULES for k in ROBUST_ATTACKS for v, a in fmnist}
+    assert all(e.cfg.defense == "all" and e.cfg.aggregation == parent(e).cfg.aggregation for e in experiments), \
+        "the rule runs in fine-tuning too, after training with it"
+    assert len({parent(e).name for e in experiments}) == len(experiments), "one trained model per case"
+    fedavg = [e for e in experiments
+              if parent(e).cfg.aggregation == "paper" and parent(e).cfg.adaptive_attack == "none"]
+    assert {e.name for e in fedavg} == {e.name for e in plan("table2").experiments}, "FedAvg rows are Table II's runs"
