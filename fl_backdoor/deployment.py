@@ -209,7 +209,8 @@ class LocalFederation:
         return self
 
     def add_node(self, name: str, node_config: str, register: bool = True) -> subprocess.Popen[bytes]:
-        """Start one SuperNode; with authentication, its key is registered first unless ``register`` is False."""
+        """Start one SuperNode; with authentication, its key is registered first unless ``register`` is False
+        (then the SuperLink refuses it, and it may exit at once: it is not waited for)."""
         auth: list[str] = []
         if self.authenticate:
             private, public = make_node_key(self.workdir / "keys", name)
@@ -221,7 +222,8 @@ class LocalFederation:
         node = self._spawn(name, [flower_tool("flower-supernode"), *self._security(False), *auth,
                                   "--superlink", f"127.0.0.1:{self.link_port}", "--port", str(port),
                                   "--node-config", node_config])
-        wait_for_port(port, node, self.workdir / f"{name}.log")
+        if register or not self.authenticate:
+            wait_for_port(port, node, self.workdir / f"{name}.log")
         return node
 
     def submit(self, app: Path, run_config: Mapping[str, Any]) -> subprocess.Popen[str]:

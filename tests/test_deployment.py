@@ -92,7 +92,7 @@ def test_tls_with_supernode_authentication_and_a_supernode_that_dies(data_dir, t
                 pytest.raises(ssl.SSLCertVerificationError):
             ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1")
 
-        federation.add_node("unregistered", "partition-id=3 num-partitions=4", register=False)
+        stranger = federation.add_node("unregistered", "partition-id=3 num-partitions=4", register=False)
         deadline = time.monotonic() + 60
         while True:
             listed = subprocess.run([flower_tool("flwr"), "supernode", "list", "local", "--format", "json"],
@@ -102,6 +102,7 @@ def test_tls_with_supernode_authentication_and_a_supernode_that_dies(data_dir, t
                 break
             time.sleep(1)
         assert [n["status"] for n in nodes] == ["online"] * 3, "only the registered SuperNodes are admitted"
+        assert stranger.wait(timeout=120) != 0, "the unregistered SuperNode gives up: it was refused"
 
         out_dir = tmp_path / "runs"
         run = federation.submit(ROOT, {**SMALL, "num-rounds": 3, "data-dir": data_dir, "output-dir": str(out_dir),
