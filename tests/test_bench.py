@@ -33,4 +33,7 @@ def test_the_aggregator_benchmark_times_every_rule_against_fedavg(data_dir) -> N
                           "-c", "dataset=mnist", "-c", "data-fraction=0.02", "-c", f"data-dir={data_dir}"],
                          capture_output=True, text=True, timeout=300, check=True, cwd=root).stdout
     rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "---" not in line]
-    assert sorted(rows[1:]) == sorted(AGGREGATORS.names()) and "| paper | " in out and "| 1.0 |" in out
+    # the rules shipped here (this process may hold more: other tests register plugins)
+    shipped = {"paper", "dba", "krum", "multikrum", "bulyan", "median", "trimmed-mean", "norm-clip", "flame", "fltrust"}
+    assert set(rows[1:]) == shipped and shipped <= set(AGGREGATORS.names())
+    assert "| paper | " in out and "| 1.0 |" in out
