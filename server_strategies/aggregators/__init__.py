@@ -37,16 +37,26 @@ class Aggregate:
     arrays: ArrayRecord
     factors: tuple[float, ...]
 
+    @classmethod
+    def unchanged(cls, global_arrays: ArrayRecord, n: int, why: str) -> Aggregate:
+        """The global model kept, no client counted (a round the rule cannot aggregate); prints why."""
+        print(f"{why}; global model kept", flush=True)
+        return cls(global_arrays, tuple(0.0 for _ in range(n)))
+
 
 Aggregator = Callable[[ArrayRecord, list[ArrayRecord], ExperimentConfig], ArrayRecord | Aggregate]
 AGGREGATORS: Registry[Aggregator] = Registry("aggregation", __name__)
 
 
+def flatten(arrays: ArrayRecord, names: Sequence[str]) -> np.ndarray:
+    """The named arrays as one float64 vector, in that order."""
+    return np.concatenate([arrays[name].numpy().astype(np.float64).ravel() for name in names])
+
+
 def flat_updates(global_arrays: ArrayRecord, local: list[ArrayRecord]) -> np.ndarray:
     """The clients' updates L_i - G as rows of one float64 matrix (n, d), arrays in the global model's order."""
-    g = np.concatenate([a.numpy().astype(np.float64).ravel() for a in global_arrays.values()])
-    return np.stack([np.concatenate([arrays[name].numpy().astype(np.float64).ravel() for name in global_arrays])
-                     for arrays in local]) - g
+    names = list(global_arrays.keys())
+    return np.stack([flatten(arrays, names) for arrays in local]) - flatten(global_arrays, names)
 
 
 def apply_update(global_arrays: ArrayRecord, update: np.ndarray) -> ArrayRecord:

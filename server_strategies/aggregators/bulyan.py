@@ -9,12 +9,12 @@ fewer keeps the global model, as Flower's ``Bulyan`` strategy skips it.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy.bulyan import aggregate_n_closest_weights
 
 from fl_backdoor.config import ExperimentConfig
 
-from . import AGGREGATORS, Aggregate
+from . import AGGREGATORS, Aggregate, apply_update, flat_updates
 from .krum import kept_by_multikrum
 
 
@@ -23,15 +23,10 @@ def bulyan(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: Experiment
     """Multi-Krum selection of n - 2f models, then a coordinate-wise trimmed mean around the median."""
     n, f = len(local), cfg.robust_f
     if n < 4 * f + 3:
-        print(f"bulyan: {n} models, but f={f} needs at least {4 * f + 3}; global model kept", flush=True)
-        return Aggregate(global_arrays, tuple(0.0 for _ in local))
+        return Aggregate.unchanged(global_arrays, n, f"bulyan: {n} models, but f={f} needs at least {4 * f + 3}")
     kept = kept_by_multikrum(local, f, n - 2 * f)
-    names = list(global_arrays.keys())
-    chosen = [[local[i][name].numpy().astype(np.float64) for name in names] for i in kept]
-    medians = [np.median(np.stack(layer), axis=0) for layer in zip(*chosen, strict=True)]
-    combined = aggregate_n_closest_weights(medians, chosen, n - 4 * f)
-    arrays = {}
-    for name, value in zip(names, combined, strict=True):
-        dtype = global_arrays[name].numpy().dtype
-        arrays[name] = Array(np.asarray(value if np.issubdtype(dtype, np.floating) else np.rint(value)).astype(dtype))
-    return Aggregate(ArrayRecord(arrays), tuple(1.0 if i in kept else 0.0 for i in range(n)))
+    # the closest-to-median rule is translation-invariant: run it on the updates, as one flat layer
+    chosen = [[update] for update in flat_updates(global_arrays, [local[i] for i in kept])]
+    median = np.median(np.stack([update for [update] in chosen]), axis=0)
+    [combined] = aggregate_n_closest_weights([median], chosen, n - 4 * f)
+    return Aggregate(apply_update(global_arrays, combined), tuple(1.0 if i in kept else 0.0 for i in range(n)))

@@ -25,7 +25,7 @@ from sklearn.metrics.pairwise import cosine_distances
 
 from fl_backdoor.config import ExperimentConfig
 
-from . import AGGREGATORS, Aggregate, apply_update, flat_updates
+from . import AGGREGATORS, Aggregate, apply_update, flatten
 from .norm_clip import clip_factors
 
 
@@ -52,15 +52,16 @@ def model_seed(global_arrays: ArrayRecord, seed: int) -> list[int]:
 @AGGREGATORS.register("flame")
 def flame(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: ExperimentConfig) -> Aggregate:
     """Cluster out the odd models, clip the rest to the median norm, average, add noise."""
-    updates = flat_updates(global_arrays, local)
-    g = np.concatenate([a.numpy().astype(np.float64).ravel() for a in global_arrays.values()])
-    admitted = flame_admitted(updates + g)
+    names = list(global_arrays.keys())
+    models = np.stack([flatten(arrays, names) for arrays in local])
+    updates = models - flatten(global_arrays, names)
+    admitted = flame_admitted(models)
     norms = np.linalg.norm(updates, axis=1)
     bound = float(np.median(norms))
     factors = np.where(admitted, clip_factors(norms, bound), 0.0)
     if not admitted.any():
-        print("flame: HDBSCAN admitted no model; global model kept", flush=True)
-        return Aggregate(global_arrays, tuple(0.0 for _ in local))
+        return Aggregate.unchanged(global_arrays, len(local), "flame: HDBSCAN admitted no model")
     update = (factors[:, None] * updates)[admitted].mean(axis=0)
-    noise = np.random.default_rng(model_seed(global_arrays, cfg.seed)).normal(0.0, cfg.flame_lambda * bound, g.size)
+    noise = np.random.default_rng(model_seed(global_arrays, cfg.seed)).normal(0.0, cfg.flame_lambda * bound,
+                                                                               update.size)
     return Aggregate(apply_update(global_arrays, update + noise), tuple(float(x) for x in factors))

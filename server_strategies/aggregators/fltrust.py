@@ -57,7 +57,7 @@ def fltrust(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: Experimen
     """Trust-weighted mean of the client updates, each rescaled to the norm of the server's update."""
     result = trust_weighted(flat_updates(global_arrays, local), root_update(global_arrays, cfg, server_round))
     if result is None:
-        print("fltrust: every client update points away from the server's; global model kept", flush=True)
-        return Aggregate(global_arrays, tuple(0.0 for _ in local))
+        return Aggregate.unchanged(global_arrays, len(local), "fltrust: every client update points away from the "
+                                                              "server's")
     update, trust = result
     return Aggregate(apply_update(global_arrays, update), tuple(float(x) for x in len(local) * trust / trust.sum()))
