@@ -394,7 +394,8 @@ def adaptive(setup: Setup) -> Plan:
 
 
 # --- training-time defenses (issue 13) --------------------------------------------------------------------
-ROBUST_RULES = ("paper", "krum", "multikrum", "bulyan", "median", "trimmed-mean", "norm-clip", "flame", "fltrust")
+ROBUST_RULES = ("paper", "krum", "multikrum", "bulyan", "median", "trimmed-mean", "norm-clip", "flame", "fltrust",
+                "foolsgold", "dp-fixed-clip")
 ROBUST_ATTACKS = ("none", "pruning-aware", "aw-aware")  # the plain boosted attacker, then the adaptive ones
 
 
@@ -414,15 +415,17 @@ def robust(setup: Setup) -> Plan:
                 cases.append((rule, attack, defended(training, "all")))
 
     def detection(outcome: SweepOutcome, run: Experiment) -> Row:
-        """Flags summed and aggregation seconds averaged over the training rounds of the run's training."""
+        """Flags summed and aggregation seconds averaged over the training rounds of the run's training; DP's
+        epsilon after its last round."""
         run_dir = outcome.run_dir(run.parent) if run.parent else None
         rows = [r for r in read_csv(run_dir / "metrics.csv") if r["phase"] == "train"] if run_dir else []
         return {"tp": sum(int(r.get("flagged_attackers") or 0) for r in rows),
                 "fp": sum(int(r.get("flagged_benign") or 0) for r in rows),
-                "aggregate_seconds": mean([r.get("aggregate_seconds") for r in rows])}
+                "aggregate_seconds": mean([r.get("aggregate_seconds") for r in rows]),
+                "epsilon": mean([rows[-1].get("epsilon")] if rows else [])}
 
     def report(outcome: SweepOutcome, out: Path) -> None:
-        keys = ["training_ta", "training_aa", "all_ta", "all_aa", "tp", "fp", "aggregate_seconds"]
+        keys = ["training_ta", "training_aa", "all_ta", "all_aa", "tp", "fp", "aggregate_seconds", "epsilon"]
         rows: list[Row] = []
         averages: list[Row] = []
         missing: list[str] = []
@@ -436,7 +439,7 @@ def robust(setup: Setup) -> Plan:
                                  **{k: mean([r.get(k) for r in mine]) for k in keys}})
         columns = [Column("Attacker", "attack"), Column("Aggregation", "aggregation"), Column("Pairs", "pairs", "d"),
                    *phase_columns(("training", "all"))[2:], Column("TP", "tp", ".1f"), Column("FP", "fp", ".1f"),
-                   Column("Aggregation s/round", "aggregate_seconds", ".4f")]
+                   Column("Aggregation s/round", "aggregate_seconds", ".4f"), Column("DP epsilon", "epsilon", ".1f")]
         write_table(out, "Training-time defenses on Fashion-MNIST (averages over the finished pairs; TP/FP: "
                          "attacking/honest client-rounds the rule flagged during training)", averages, columns,
                     labels=3, missing=missing, average=False)

@@ -148,6 +148,17 @@ class ExperimentConfig:
                                                "median update norm.", added=True)
     flame_lambda: float = _opt("federation", 0.001, "flame: Gaussian noise sigma = lambda x the median update "
                                                     "norm (FLAME's value for image classification).", added=True)
+    foolsgold_features: str = _opt("federation", "all", "foolsgold: the update histories compared: all (the "
+                                                        "reference code) or output (the last layer's weights).",
+                                   choices=("all", "output"), added=True)
+    foolsgold_confidence: float = _opt("federation", 1.0, "foolsgold: kappa of the logit (the paper's 1).",
+                                       added=True)
+    dp_clip_norm: float = _opt("federation", 3.0, "dp-fixed-clip: L2 bound C on each update (Sun et al. 2019's "
+                                                  "norm bound 3).", added=True)
+    dp_noise_multiplier: float = _opt("federation", 0.25, "dp-fixed-clip: z; noise sigma = z * C / clients per "
+                                                          "round (Sun et al.'s weak DP: 0.025 at C 3, 30 clients).",
+                                      added=True)
+    dp_delta: float = _opt("federation", 1e-5, "dp-fixed-clip: the delta at which epsilon is reported.", added=True)
     min_replies: int = _opt("federation", 1, "Skip a round (keep the model) when fewer valid replies arrive.")
     round_timeout: float = _opt("placement", 3600.0, "Seconds the server waits for the replies of one round.")
     # --- benign local training -------------------------------------------------
@@ -453,6 +464,11 @@ class ExperimentConfig:
         _check(0.0 <= self.trim_fraction < 0.5, "trim-fraction", f"must be in [0, 0.5), got {self.trim_fraction}")
         _check(self.clip_norm >= 0, "clip-norm", f"must be >= 0, got {self.clip_norm}")
         _check(self.flame_lambda >= 0, "flame-lambda", f"must be >= 0, got {self.flame_lambda}")
+        _check(self.foolsgold_confidence > 0, "foolsgold-confidence",
+               f"must be > 0, got {self.foolsgold_confidence}")
+        _check(self.dp_clip_norm > 0, "dp-clip-norm", f"must be > 0, got {self.dp_clip_norm}")
+        _check(self.dp_noise_multiplier > 0, "dp-noise-multiplier", f"must be > 0, got {self.dp_noise_multiplier}")
+        _check(0.0 < self.dp_delta < 1.0, "dp-delta", f"must be in (0, 1), got {self.dp_delta}")
         self.widths  # noqa: B018 - parses model-widths
         attackers = self.attackers
         if not self.attacker_ids.strip():

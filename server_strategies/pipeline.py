@@ -55,6 +55,7 @@ def initial_model(cfg: ExperimentConfig) -> GlobalModel:
         gm.round = int(data.get("round", 0))
         if data.get("mask"):
             gm.set_mask(NeuronMask.from_dict(data["mask"]))
+        gm.aggregator_memory = dict(data.get("aggregator_memory") or {})
     return gm
 
 
@@ -111,6 +112,7 @@ def restore(gm: GlobalModel, path: Path) -> None:
     gm.model.load_state_dict(data["state_dict"])
     gm.round = int(data["round"])
     gm.set_mask(NeuronMask.from_dict(data["mask"]) if data.get("mask") else None)
+    gm.aggregator_memory = dict(data.get("aggregator_memory") or {})
 
 
 def run_pipeline(grid: Grid, cfg: ExperimentConfig) -> Path:

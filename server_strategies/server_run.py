@@ -18,7 +18,7 @@ from fl_backdoor.evaluation import Evaluator
 from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.plots import plot_curves
 from fl_backdoor.run_dir import RunDirectory, save_checkpoint, write_csv, write_json
-from server_strategies.aggregators import AGGREGATORS, Aggregate, detection_counts
+from server_strategies.aggregators import AGGREGATORS, Aggregate, detection_counts, round_context
 from server_strategies.federation import Federation
 from server_strategies.reply_checks import model_checker
 
@@ -35,6 +35,7 @@ class GlobalModel:
     model: torch.nn.Module
     round: int = 0
     mask: NeuronMask | None = None
+    aggregator_memory: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. FoolsGold's client histories
 
     def arrays(self) -> ArrayRecord:
         """The state dict as a Flower ArrayRecord."""
@@ -108,7 +109,8 @@ class ServerRun:
         """Save the global model, its round, mask and config under checkpoints/<name>.pt."""
         gm = self.global_model
         save_checkpoint(self.run_dir.checkpoint(name), gm.model.state_dict(), round=gm.round,
-                        mask=gm.mask.to_dict() if gm.mask else None, config=self.cfg.to_flat(), **meta)
+                        mask=gm.mask.to_dict() if gm.mask else None, config=self.cfg.to_flat(),
+                        aggregator_memory=gm.aggregator_memory, **meta)
 
     def record_round(self, row: dict[str, Any]) -> None:
         """Append a per-round metrics row, rewrite metrics.csv and print the progress line."""
@@ -138,13 +140,14 @@ class ServerRun:
             print(f"[{phase}] round {server_round}: only {len(valid)} valid replies "
                   f"(min-replies {cfg.min_replies}); round skipped, global model kept", flush=True)
         else:
-            context = {"server_round": server_round} if AGGREGATORS.meta(cfg.aggregation).get("server_round") else {}
+            context = round_context(cfg.aggregation, server_round, [c for c, _ in valid], gm.aggregator_memory)
             aggregating = time.perf_counter()
             result = AGGREGATORS[cfg.aggregation](arrays, [local for _, (local, _) in valid], cfg, **context)
             detection["aggregate_seconds"] = round(time.perf_counter() - aggregating, 4)
             if isinstance(result, Aggregate):
                 detection.update(detection_counts([c for c, _ in valid], result.factors,
                                                   lambda c: is_attacking(cfg, c, server_round, phase)))
+                detection.update(result.metrics)
                 result = result.arrays
             gm.load(result)
         gm.round = server_round

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.errors import ConfigError
 from fl_backdoor.run_dir import read_csv
 from server_strategies.aggregators import AGGREGATORS, Aggregate, apply_update, detection_counts, flat_updates
+from server_strategies.aggregators.dp_fixed_clip import epsilon_after
 from server_strategies.aggregators.flame import flame_admitted
 from server_strategies.aggregators.fltrust import root_update, trust_weighted
+from server_strategies.aggregators.foolsgold import foolsgold_weights
 from server_strategies.simulation import run_simulation
 
 
@@ -22,6 +26,10 @@ def record(**arrays) -> ArrayRecord:
 
 def scalars(*values: float) -> list[ArrayRecord]:
     return [record(w=np.array([v])) for v in values]
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
 
 
 def aggregate(name: str, global_arrays: ArrayRecord, local: list[ArrayRecord], **cfg) -> ArrayRecord | Aggregate:
@@ -124,13 +132,95 @@ def test_fltrust_through_the_registry_trains_on_the_root_data(data_dir):
     assert flat_updates(g, [out.arrays])[0] == pytest.approx(root, rel=1e-5, abs=1e-6), "rescaled to ||g0||"
 
 
+def test_dp_fixed_clipping_clips_each_update_then_adds_noise_z_c_over_m():
+    # updates (3, 4) (norm 5) and (0.3, 0.4) (norm 0.5), C = 1: clipped (0.6, 0.8) and (0.3, 0.4)
+    g = record(w=[0.0, 0.0])
+    cfg = {"num-clients": 2, "dp-clip-norm": 1.0, "dp-noise-multiplier": 1e-9}
+    out = aggregate("dp-fixed-clip", g, [record(w=[3.0, 4.0]), record(w=[0.3, 0.4])], **cfg)
+    assert isinstance(out, Aggregate) and out.factors == pytest.approx((0.2, 1.0))
+    assert out.arrays["w"].numpy() == pytest.approx([0.45, 0.6], abs=1e-6)
+    # the noise: sigma = z * C / m per parameter (Flower's compute_stdv), m = clients per round
+    big = record(w=np.zeros(200_000))
+    noisy = aggregate("dp-fixed-clip", big, [big, big], **{**cfg, "dp-noise-multiplier": 0.5, "dp-clip-norm": 2.0})
+    assert isinstance(noisy, Aggregate)
+    assert noisy.arrays["w"].numpy().astype(np.float64).std() == pytest.approx(0.5 * 2.0 / 2, rel=0.01)
+    again = aggregate("dp-fixed-clip", big, [big, big], **{**cfg, "dp-noise-multiplier": 0.5, "dp-clip-norm": 2.0})
+    assert isinstance(again, Aggregate)
+    assert np.array_equal(again.arrays["w"].numpy(), noisy.arrays["w"].numpy()), "seeded: a resume repeats it"
+
+
+@pytest.mark.parametrize("rounds", [1, 10, 100])
+def test_dp_epsilon_is_the_gaussian_mechanisms_rdp_composed_over_the_rounds(rounds):
+    # RDP of one Gaussian release at order a is a / (2 z^2) (Mironov 2017); T releases add up;
+    # eps = min_a T a / (2 z^2) + log((a-1)/a) - (log delta + log a) / (a-1) (Canonne et al. 2020)
+    z, delta = 1.0, 1e-5
+    by_hand = min(rounds * a / (2 * z**2) + math.log((a - 1) / a) - (math.log(delta) + math.log(a)) / (a - 1)
+                  for a in np.arange(1.001, 100.0, 0.001))
+    # Flower's accountant minimises over a grid of orders, so it can only be a little above
+    assert by_hand <= epsilon_after(rounds, z, 10, 100, delta) <= by_hand * 1.001
+
+
+def test_foolsgold_weights_alike_histories_down_and_pardons():
+    # cos(a, b) = 0.5, c orthogonal to both: alpha = 1 - 0.5 for a and b, 1 for c; /max; 1 -> 0.99;
+    # logit ln(0.5/0.5) + 0.5 = 0.5 for a and b, ln(0.99/0.01) + 0.5 > 1 -> 1 for c
+    alike = np.array([[1.0, 0.0, 0.0], [0.5, math.sqrt(3) / 2, 0.0], [0.0, 0.0, 1.0]])
+    assert foolsgold_weights(alike).tolist() == pytest.approx([0.5, 0.5, 1.0])
+    assert foolsgold_weights(alike, confidence=1.5).tolist() == pytest.approx([0.75, 0.75, 1.0]), "kappa scales"
+    assert foolsgold_weights(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])).tolist() == [0.0, 0.0, 1.0], "sybils"
+    # cos(a, b) = 0.6, cos(b, c) = 0.8, cos(a, c) = 0: v = (0.6, 0.8, 0.8); a is pardoned, cs_ab = 0.6 * 0.6 / 0.8,
+    # so alpha = (0.55, 0.2, 0.2) -> (1, 0.36, 0.36) -> logit (1, 0, 0); without pardoning (1, 0.5, 0.5) -> (1, .5, .5)
+    assert foolsgold_weights(np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_foolsgold_compares_the_histories_not_the_round():
+    g, memory = record(w=[0.0, 0.0]), {}
+    fg = AGGREGATORS["foolsgold"]
+    cfg = ExperimentConfig.from_flat({"num-clients": 3})
+    first = fg(g, [record(w=[1.0, 0.0]), record(w=[1.0, 0.0]), record(w=[0.0, 1.0])], cfg, clients=[0, 1, 2],
+               memory=memory)
+    assert first.factors == (0.0, 0.0, 1.0) and first.arrays["w"].numpy() == pytest.approx([0.0, 1 / 3])
+    # alone, three identical updates weigh 0 each; with the histories (1,1), (1,1), (0,2) client 2 stands apart
+    same = [record(w=[0.0, 1.0])] * 3
+    second = fg(g, same, cfg, clients=[0, 1, 2], memory=memory)
+    assert [memory[f"foolsgold/{c}"].tolist() for c in range(3)] == [[1.0, 1.0], [1.0, 1.0], [0.0, 2.0]]
+    assert second.factors == (0.0, 0.0, 1.0)
+    assert fg(g, same, cfg, clients=[0, 1, 2], memory={}).factors == (0.0, 0.0, 0.0)
+    with pytest.raises(ConfigError, match="foolsgold-features=output"):
+        fg(record(w=np.zeros(2**26)), same[:1], cfg.replace(num_clients=5), clients=[0], memory={})
+
+
+def test_foolsgold_histories_survive_a_continuation_from_the_checkpoint(data_dir, tmp_path):
+    import torch
+
+    values = {"dataset": "mnist", "num-clients": 3, "labels-per-client": 10, "data-fraction": 0.02,
+              "test-subset": 300, "lr": 0.05, "curve-points": 0, "trigger": "pixel-9", "aggregation": "foolsgold",
+              "foolsgold-features": "output", "data-dir": data_dir}
+
+    def run(name: str, rounds: int, **more) -> Path:
+        cfg = ExperimentConfig.from_flat({**values, "num-rounds": rounds, "output-dir": str(tmp_path / name),
+                                          **more})
+        return run_simulation(cfg)
+
+    def memory(run_dir: Path) -> dict:
+        return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["aggregator_memory"]
+
+    straight = run("straight", 3)
+    first = run("first", 2)
+    continued = run("continued", 1, **{"init-checkpoint": str(first / "checkpoints" / "latest.pt")})
+    assert sorted(memory(first)) == ["foolsgold/0", "foolsgold/1", "foolsgold/2"]
+    assert all(torch.equal(memory(straight)[k], memory(continued)[k]) for k in memory(straight))
+    assert not torch.equal(memory(first)["foolsgold/0"], memory(continued)["foolsgold/0"]), "round 3 was added"
+    last = [r for r in read_csv(straight / "metrics.csv") if r["round"] == "3"]
+    assert comparable(last) == comparable(read_csv(continued / "metrics.csv")[1:])
+
+
 def test_detection_counts_true_and_false_positives():
     counts = detection_counts([0, 3, 5, 8], [0.0, 1.0, 0.5, 0.0], attacking=lambda c: c in (0, 3))
     assert counts == {"flagged": 3, "flagged_clients": "0/5/8", "flagged_attackers": 1, "flagged_benign": 2,
                       "attacker_factor": 0.5, "benign_factor": 0.25}
 
 
-@pytest.mark.parametrize("name", ["krum", "flame", "fltrust"])
+@pytest.mark.parametrize("name", ["krum", "flame", "fltrust", "dp-fixed-clip"])
 def test_a_robust_rule_runs_through_flower_and_reports_what_it_flagged(name, data_dir, tmp_path):
     cfg = ExperimentConfig.from_flat({"dataset": "mnist", "num-clients": 5, "labels-per-client": 10,
                                       "data-fraction": 0.02, "test-subset": 500, "lr": 0.05, "num-rounds": 2,
@@ -144,3 +234,6 @@ def test_a_robust_rule_runs_through_flower_and_reports_what_it_flagged(name, dat
         assert int(row["flagged_attackers"]) == sum(c in cfg.attackers for c in flagged)
         if name == "krum":
             assert len(flagged) == 4, "Krum keeps one model of five"
+    if name == "dp-fixed-clip":
+        assert [float(r["epsilon"]) for r in rows] == [round(epsilon_after(t, cfg.dp_noise_multiplier, 5, 5, 1e-5), 4)
+                                                       for t in (1, 2)]

@@ -9,7 +9,11 @@ the next global model::
 ``local`` is ordered by client id, so the arrival order of replies never changes a
 sum.  Registering with ``server_lr=True`` says the rule scales the update by
 ``server-lr`` (the config then bounds ``gamma`` by n / server-lr); with
-``server_round=True`` the rule is also given the round (keyword ``server_round``).
+``server_round=True`` the rule is also given the round (keyword ``server_round``);
+with ``memory=True`` it is given the clients' ids (``clients``, in ``local``'s order)
+and ``memory``, a dict of tensors it may change and that persists across rounds: the
+server saves it in every checkpoint, so a resumed run, and a defense run started from a
+training's checkpoint, continue with it.
 
 A rule that excludes or down-weights clients returns an :class:`Aggregate` with each
 local model's factor (1 = as in the plain mean, 0 = excluded); the server then records
@@ -20,10 +24,11 @@ are reported only: no rule ever reads which clients attack.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord
 
 from fl_backdoor.config import ExperimentConfig
@@ -32,10 +37,14 @@ from fl_backdoor.registry import Registry
 
 @dataclass(frozen=True)
 class Aggregate:
-    """The new global model, and each local model's factor in it (in ``local``'s order)."""
+    """The new global model, each local model's factor in it (in ``local``'s order), and extra metrics.
+
+    ``metrics`` (such as DP's epsilon) go into the round's row of metrics.csv.
+    """
 
     arrays: ArrayRecord
     factors: tuple[float, ...]
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def unchanged(cls, global_arrays: ArrayRecord, n: int, why: str) -> Aggregate:
@@ -46,6 +55,14 @@ class Aggregate:
 
 Aggregator = Callable[[ArrayRecord, list[ArrayRecord], ExperimentConfig], ArrayRecord | Aggregate]
 AGGREGATORS: Registry[Aggregator] = Registry("aggregation", __name__)
+
+
+def round_context(name: str, server_round: int, clients: Sequence[int],
+                  memory: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The keyword arguments aggregator ``name`` registered for (see the module docstring)."""
+    meta = AGGREGATORS.meta(name)
+    return {**({"server_round": server_round} if meta.get("server_round") else {}),
+            **({"clients": list(clients), "memory": memory} if meta.get("memory") else {})}
 
 
 def flatten(arrays: ArrayRecord, names: Sequence[str]) -> np.ndarray:
@@ -68,7 +85,6 @@ def apply_update(global_arrays: ArrayRecord, update: np.ndarray) -> ArrayRecord:
         start += g.size
         out[name] = Array(np.asarray(new if np.issubdtype(g.dtype, np.floating) else np.rint(new)).astype(g.dtype))
     return ArrayRecord(out)
-
 
 
 def detection_counts(clients: Sequence[int], factors: Sequence[float],
