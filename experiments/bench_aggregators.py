@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord
 
 from fl_backdoor.cli import add_config_arguments, config_from_cli, run_cli
 from fl_backdoor.models import build_model
-from server_strategies.aggregators import AGGREGATORS, apply_update
+from server_strategies.aggregators import AGGREGATORS, apply_update, round_context
 
 
 def main() -> None:
@@ -40,9 +40,9 @@ def main() -> None:
     best: dict[str, float] = {}
     for rule in rules:
         call = AGGREGATORS[rule]
-        context = {"server_round": 1} if AGGREGATORS.meta(rule).get("server_round") else {}
         times = []
         for _ in range(args.repeats):
+            context = round_context(rule, 1, range(len(local)), {})
             started = time.perf_counter()
             call(g, local, cfg, **context)
             times.append(time.perf_counter() - started)

@@ -21,7 +21,7 @@ from fl_backdoor.cli import add_config_arguments, config_from_cli, run_cli
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.models import build_model
-from fl_backdoor.training import to_device
+from fl_backdoor.training import pick_device, to_device
 
 
 def bare_epochs(cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor, state: dict[str, torch.Tensor]) -> float:
@@ -34,12 +34,14 @@ def bare_epochs(cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor, state: 
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                           weight_decay=settings.weight_decay)
     for _ in range(settings.epochs):
-        order = torch.randperm(x.shape[0])
+        order = torch.randperm(x.shape[0]).to(x.device)
         for start in range(0, x.shape[0], settings.batch_size):
             idx = order[start:start + settings.batch_size]
             opt.zero_grad()
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
+    if x.is_cuda:
+        torch.cuda.synchronize()  # kernels run asynchronously: wait for the last step before stopping the clock
     return time.perf_counter() - started
 
 
@@ -52,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = config_from_cli(args, {"num-attackers": 0})
     torch.set_num_threads(1)
-    x, y = client_data(cfg, args.client, torch.device("cpu"))
+    x, y = client_data(cfg, args.client, pick_device(cfg.device))  # on the device the client job trains on
     state = build_model(cfg).state_dict()
     samples = x.shape[0] * cfg.local_epochs
     run_local_job(cfg, args.client, state, 1)  # warm-up: allocator, kernels
@@ -63,8 +65,8 @@ def main() -> None:
         run_local_job(cfg, args.client, state, r + 2)
         client.append(time.perf_counter() - started)
     b, c = min(bare), min(client)
-    print(f"model {cfg.model_name}, {x.shape[0]} samples x {cfg.local_epochs} epoch(s), batch {cfg.batch_size}, "
-          "1 thread")
+    print(f"model {cfg.model_name} on {x.device.type}, {x.shape[0]} samples x {cfg.local_epochs} epoch(s), "
+          f"batch {cfg.batch_size}, 1 thread")
     print(f"bare PyTorch loop : {samples / b:8.0f} samples/s  (best of {args.repeats}: {b:.3f}s)")
     print(f"client local job  : {samples / c:8.0f} samples/s  (best of {args.repeats}: {c:.3f}s)")
     print(f"client overhead   : {100.0 * (c - b) / b:+.1f}%")

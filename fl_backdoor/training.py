@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fl_backdoor.errors import ConfigError
+
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LossTerm = Callable[[nn.Module], torch.Tensor]
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -141,7 +143,10 @@ def share_gpus_with_workers() -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
+    """'auto' -> cuda when available, else cpu; 'cuda' where torch sees no GPU is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device=cuda, but torch {torch.__version__} sees no CUDA device on this machine; "
+                          f"use device=auto or device=cpu")
     return torch.device(name)

@@ -34,6 +34,7 @@ def test_the_aggregator_benchmark_times_every_rule_against_fedavg(data_dir) -> N
                          capture_output=True, text=True, timeout=300, check=True, cwd=root).stdout
     rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "---" not in line]
     # the rules shipped here (this process may hold more: other tests register plugins)
-    shipped = {"paper", "dba", "krum", "multikrum", "bulyan", "median", "trimmed-mean", "norm-clip", "flame", "fltrust"}
+    shipped = {"paper", "dba", "krum", "multikrum", "bulyan", "median", "trimmed-mean", "norm-clip", "flame", "fltrust",
+               "foolsgold", "dp-fixed-clip"}
     assert set(rows[1:]) == shipped and shipped <= set(AGGREGATORS.names())
     assert "| paper | " in out and "| 1.0 |" in out

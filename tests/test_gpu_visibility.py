@@ -26,3 +26,18 @@ def visible_in_worker(mode: str) -> str:
 def test_workers_that_reserve_no_gpu_still_see_the_gpu():
     assert visible_in_worker("plain") == "", "Ray hides the GPU from a worker that reserves none"
     assert visible_in_worker("shared") == "0"
+
+
+def test_asking_for_cuda_where_torch_sees_none_is_one_config_error():
+    import pytest
+    import torch
+
+    from fl_backdoor.errors import ConfigError
+    from fl_backdoor.training import pick_device
+
+    if torch.cuda.is_available():
+        assert pick_device("cuda").type == "cuda"
+        return
+    with pytest.raises(ConfigError, match="device=cuda, but torch .* sees no CUDA device"):
+        pick_device("cuda")
+    assert pick_device("auto").type == "cpu"
