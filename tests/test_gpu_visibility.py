@@ -38,6 +38,6 @@ def test_asking_for_cuda_where_torch_sees_none_is_one_config_error():
     if torch.cuda.is_available():
         assert pick_device("cuda").type == "cuda"
         return
-    with pytest.raises(ConfigError, match="device=cuda, but torch .* sees no CUDA device"):
+    with pytest.raises(ConfigError, match=r"device=cuda, but torch .* sees no CUDA device"):
         pick_device("cuda")
     assert pick_device("auto").type == "cpu"
