@@ -214,6 +214,9 @@ class ExperimentConfig:
         "attack", "none", "Adaptive attacker (Sec. VI-B; clients/behaviours).", choices=ADAPTIVE_CHOICES
     )
     adaptive_delta: float = _opt("attack", 3.0, "Delta within which the aw-aware attacker clips its last conv layer.")
+    pgd_norm: float = _opt("attack", 1.0, "pgd: L2 bound on the attacker's submitted update (set it at or below the "
+                                          "norm-clip bound it should pass).", added=True)
+    pgd_every: int = _opt("attack", 10, "pgd: optimiser steps between projections (Wang et al.'s 10).", added=True)
     oracle_checkpoint: str = _opt(
         "attack", "", "pruning-aware-oracle: checkpoint whose pruning mask the attacker is given."
     )
@@ -554,6 +557,8 @@ class ExperimentConfig:
             f"{len(kinds)} '/'-separated kinds for {len(attackers)} attackers",
         )
         _check(self.adaptive_delta > 0, "adaptive-delta", f"must be > 0, got {self.adaptive_delta}")
+        _check(self.pgd_norm > 0, "pgd-norm", f"must be > 0, got {self.pgd_norm}")
+        _check(self.pgd_every >= 1, "pgd-every", f"must be >= 1, got {self.pgd_every}")
         _check(
             self.adaptive_attack != "pruning-aware-oracle" or bool(self.oracle_checkpoint),
             "oracle-checkpoint",

@@ -1,0 +1,65 @@
+"""Norm-bounded model replacement by projected gradient descent (Wang et al., "Attack of the tails", NeurIPS
+2020; Sun et al. 2019's constrain-and-scale).
+
+The attacker trains on its poisoned data and, every ``pgd-every`` optimiser steps,
+projects its model onto the L2 ball of radius ``pgd-norm / gamma`` around the global
+model it received; the model-replacement boost gamma then brings the submitted update
+to at most ``pgd-norm``, and the submitted update is projected onto that ball once more
+so the bound holds exactly.  This is the attack norm clipping cannot see: an update no
+longer than the bound the defender clips to is left as it is.  The norm covers every
+floating-point entry of the state (weights, biases and normalisation statistics).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from fl_backdoor.attacks import attack_gamma
+from fl_backdoor.masks import NeuronMask
+
+from . import BEHAVIOURS, Behaviour, Job, State, TrainingPlan
+
+
+@torch.no_grad()
+def project_onto_ball(state: State, center: State, radius: float) -> float:
+    """Move the floating-point entries of ``state`` in place into the L2 ball of ``radius`` around ``center``.
+
+    A projected update lands a millionth of the radius inside the sphere, so that rounding
+    the entries to their float32 cannot put it outside.  Returns the norm before the projection.
+    """
+    keys = [k for k, v in center.items() if v.is_floating_point()]
+    norm = float(torch.sqrt(sum(((state[k].double() - center[k].double()) ** 2).sum() for k in keys)))
+    if norm > radius:
+        scale = radius * (1 - 1e-6) / norm
+        for k in keys:
+            state[k].copy_(center[k] + (state[k] - center[k]) * scale)
+    return norm
+
+
+@BEHAVIOURS.register("pgd", role="adaptive")
+class NormBounded(Behaviour):
+    """Projects its poisoned training onto the norm ball every pgd-every steps, and its submitted update."""
+
+    def training(self, job: Job, plan: TrainingPlan, model: nn.Module, mask: NeuronMask | None) -> TrainingPlan:
+        if not job.attacking:
+            return plan
+        radius = self.cfg.pgd_norm / max(attack_gamma(self.cfg, job.phase), 1.0)
+        center = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        steps = itertools.count(1)
+        before = plan.after_step
+
+        def step(m: nn.Module) -> None:
+            if before is not None:
+                before(m)
+            if next(steps) % self.cfg.pgd_every == 0:
+                project_onto_ball(m.state_dict(), center, radius)
+
+        return plan.but(after_step=step)
+
+    def submit(self, job: Job, global_state: State, local: State) -> State:
+        if job.attacking:
+            project_onto_ball(local, global_state, self.cfg.pgd_norm)
+        return local
