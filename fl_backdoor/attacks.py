@@ -18,12 +18,13 @@ def image_size(cfg: ExperimentConfig) -> int:
 def attacker_trigger(cfg: ExperimentConfig, client_id: int) -> Trigger:
     """The trigger an attacker stamps: its DBA piece, or the whole pattern."""
     piece = cfg.dba_piece_of(client_id) if trigger_pieces(cfg.trigger) else None
-    return trigger_for(cfg.trigger, image_size(cfg), parse_int_list(cfg.trigger_origin, "trigger-origin"), piece)
+    return test_trigger(cfg, piece)
 
 
 def test_trigger(cfg: ExperimentConfig, piece: int | None = None) -> Trigger:
     """The trigger used at test time (a distributed one: the whole pattern, or one piece)."""
-    return trigger_for(cfg.trigger, image_size(cfg), parse_int_list(cfg.trigger_origin, "trigger-origin"), piece)
+    return trigger_for(cfg.trigger, image_size(cfg), parse_int_list(cfg.trigger_origin, "trigger-origin"), piece,
+                       cfg.to_flat())
 
 
 def is_attacking(cfg: ExperimentConfig, client_id: int, server_round: int, phase: str) -> bool:

@@ -79,6 +79,7 @@ TRIGGER_CHOICES = _registered("fl_backdoor.triggers", "TRIGGERS")
 AGGREGATION_CHOICES = _registered("server_strategies.aggregators", "AGGREGATORS")
 ADAPTIVE_CHOICES = _registered("clients.behaviours", "BEHAVIOURS", "adaptive", ("none",))
 MALFORMED_CHOICES = _registered("clients.behaviours", "BEHAVIOURS", "malformed", ("none",))
+BYZANTINE_CHOICES = _registered("server_strategies.byzantine", "BYZANTINE", None, ("none",))
 
 
 def _opt(roles: str, default: Any, help: str, added: bool = False, **kw: Any) -> Any:
@@ -194,6 +195,9 @@ class ExperimentConfig:
     trigger: str = _opt(
         "attack", "pixel-1", "pixel-1/3/5/7/9 (BadNets patterns) or dba (four local pieces).", choices=TRIGGER_CHOICES
     )
+    blend_alpha: float = _opt("attack", 0.2, "blend trigger: weight of the noise pattern (Chen et al.'s 0.2).",
+                              added=True)
+    blend_seed: int = _opt("attack", 0, "blend trigger: seed of its noise pattern.", added=True)
     trigger_origin: str = _opt(
         "attack", "", "row,col of the trigger pattern's top-left pixel; empty = the pattern's own place."
     )
@@ -214,6 +218,15 @@ class ExperimentConfig:
         "attack", "none", "Adaptive attacker (Sec. VI-B; clients/behaviours).", choices=ADAPTIVE_CHOICES
     )
     adaptive_delta: float = _opt("attack", 3.0, "Delta within which the aw-aware attacker clips its last conv layer.")
+    byzantine_attack: str = _opt("attack", "none", "Colluding model poisoning (server_strategies/byzantine): the "
+                                                   "attackers' replies become one malicious update.",
+                                 choices=BYZANTINE_CHOICES, added=True)
+    byzantine_knowledge: str = _opt("attack", "omniscient", "What the Byzantine attackers know: omniscient (every "
+                                                            "client's honest update) or colluders (their own).",
+                                    choices=("omniscient", "colluders"), added=True)
+    alie_z: float = _opt("attack", 0.0, "alie: z; 0 = the paper's z_max from n and m.", added=True)
+    ipm_epsilon: float = _opt("attack", 0.1, "ipm: epsilon of -epsilon x the honest mean.", added=True)
+    minmax_gamma: float = _opt("attack", 10.0, "minmax: gamma_init of the paper's search.", added=True)
     pgd_norm: float = _opt("attack", 1.0, "pgd: L2 bound on the attacker's submitted update (set it at or below the "
                                           "norm-clip bound it should pass).", added=True)
     pgd_every: int = _opt("attack", 10, "pgd: optimiser steps between projections (Wang et al.'s 10).", added=True)
@@ -515,9 +528,13 @@ class ExperimentConfig:
             _check(count > 0, "dba-pieces", f"trigger '{self.trigger}' is not distributed in pieces")
             _check(len(pieces) == len(attackers), "dba-pieces", f"{len(pieces)} pieces for {len(attackers)} attackers")
             _check(all(0 <= p < count for p in pieces), "dba-pieces", f"pieces must be 0..{count - 1}, got {pieces}")
+        _check(0.0 < self.blend_alpha <= 1.0, "blend-alpha", f"must be in (0, 1], got {self.blend_alpha}")
         origin = parse_int_list(self.trigger_origin, "trigger-origin")
         _check(len(origin) in (0, 2), "trigger-origin", f"expected 'row,col', got '{self.trigger_origin}'")
-        trigger = trigger_for(self.trigger, data_size, origin)
+        try:
+            trigger = trigger_for(self.trigger, data_size, origin, config=self.to_flat())
+        except ValueError as exc:
+            raise ConfigError(f"trigger: {exc}") from None
         outside = trigger.outside(data_size)
         _check(
             not outside,
@@ -558,6 +575,9 @@ class ExperimentConfig:
         )
         _check(self.adaptive_delta > 0, "adaptive-delta", f"must be > 0, got {self.adaptive_delta}")
         _check(self.pgd_norm > 0, "pgd-norm", f"must be > 0, got {self.pgd_norm}")
+        _check(self.alie_z >= 0, "alie-z", f"must be >= 0, got {self.alie_z}")
+        _check(self.ipm_epsilon > 0, "ipm-epsilon", f"must be > 0, got {self.ipm_epsilon}")
+        _check(self.minmax_gamma > 0, "minmax-gamma", f"must be > 0, got {self.minmax_gamma}")
         _check(self.pgd_every >= 1, "pgd-every", f"must be >= 1, got {self.pgd_every}")
         _check(
             self.adaptive_attack != "pruning-aware-oracle" or bool(self.oracle_checkpoint),
@@ -697,6 +717,7 @@ def registered_choices() -> dict[str, tuple[str, ...]]:
     phases = importlib.import_module("server_strategies.phases")
     return {"model": MODEL_CHOICES(), "trigger": TRIGGER_CHOICES(), "aggregation": AGGREGATION_CHOICES(),
             "adaptive-attack": ADAPTIVE_CHOICES(), "malformed-reply": MALFORMED_CHOICES(),
+            "byzantine-attack": BYZANTINE_CHOICES(),
             "defense": tuple(dict.fromkeys((*phases.MODES, *phases.PHASES.names())))}
 
 

@@ -19,6 +19,7 @@ from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.plots import plot_curves
 from fl_backdoor.run_dir import RunDirectory, save_checkpoint, write_csv, write_json
 from server_strategies.aggregators import AGGREGATORS, Aggregate, detection_counts, round_context
+from server_strategies.byzantine import poison_replies
 from server_strategies.federation import Federation
 from server_strategies.reply_checks import model_checker
 
@@ -141,8 +142,10 @@ class ServerRun:
                   f"(min-replies {cfg.min_replies}); round skipped, global model kept", flush=True)
         else:
             context = round_context(cfg.aggregation, server_round, [c for c, _ in valid], gm.aggregator_memory)
+            local = poison_replies(cfg, arrays, [local for _, (local, _) in valid],
+                                   [is_attacking(cfg, c, server_round, phase) for c, _ in valid])
             aggregating = time.perf_counter()
-            result = AGGREGATORS[cfg.aggregation](arrays, [local for _, (local, _) in valid], cfg, **context)
+            result = AGGREGATORS[cfg.aggregation](arrays, local, cfg, **context)
             detection["aggregate_seconds"] = round(time.perf_counter() - aggregating, 4)
             if isinstance(result, Aggregate):
                 detection.update(detection_counts([c for c, _ in valid], result.factors,

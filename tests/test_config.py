@@ -74,7 +74,10 @@ def test_every_key_declares_known_roles_and_the_key_lists_derive_from_them():
     assert set(sweeps.SWEEP_KEYS) == {"output-dir", "run-name", "resume", "init-checkpoint"}
     assert set(sweeps.ATTACK_KEYS) == {"attack-label", "trigger", "trigger-origin", "dba-pieces", "poison-per-batch",
                                        "gamma", "poison-lr", "poison-epochs", "poison-lr-steps", "adaptive-attack",
-                                       "adaptive-delta", "oracle-checkpoint"}
+                                       "adaptive-delta", "oracle-checkpoint",
+                                       # added with issue 14's attacks
+                                       "pgd-norm", "pgd-every", "blend-alpha", "blend-seed", "byzantine-attack",
+                                       "byzantine-knowledge", "alie-z", "ipm-epsilon", "minmax-gamma"}
     cleansing = [k for k in ExperimentConfig.keys() if k.startswith(("pruning-", "finetune-", "aw-"))]  # noqa: SIM118
     assert set(sweeps.DEFENSE_KEYS) == {*cleansing, "defense", "mvp-rate", "curve-points"}
     split = {"dataset", "data-dir", "download", "seed", "data-fraction", "validation-fraction"}

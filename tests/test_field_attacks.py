@@ -10,6 +10,7 @@ import torch
 from clients.behaviours.norm_bounded import project_onto_ball
 from clients.local_training import run_local_job
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.errors import ConfigError
 from fl_backdoor.models import build_model
 from fl_backdoor.run_dir import read_csv
 from server_strategies.simulation import run_simulation
@@ -51,3 +52,97 @@ def test_norm_clipping_catches_the_boosted_attacker_but_not_pgd_under_its_bound(
     rows = [r for r in read_csv(run_simulation(cfg) / "metrics.csv") if r["phase"] == "train"]
     caught = [int(r["flagged_attackers"]) for r in rows]
     assert caught == ([0, 0] if attack == "pgd" else [1, 1])
+
+
+def test_the_blend_trigger_mixes_seeded_noise_in_with_weight_alpha():
+    from fl_backdoor.attacks import test_trigger
+    from fl_backdoor.triggers.blend import noise_pattern
+
+    cfg = ExperimentConfig.from_flat({"trigger": "blend", "blend-alpha": 0.25, "blend-seed": 7})
+    trigger = test_trigger(cfg)
+    pattern = noise_pattern(28, 7)
+    assert torch.equal(pattern, noise_pattern(28, 7)) and not torch.equal(pattern, noise_pattern(28, 8))
+    images = torch.stack([torch.zeros(1, 28, 28), torch.ones(1, 28, 28)])
+    out = trigger.apply(images)
+    assert torch.allclose(out[0, 0], 0.25 * pattern) and torch.allclose(out[1, 0], 0.75 + 0.25 * pattern)
+    assert torch.equal(images[1], torch.ones(1, 28, 28)), "apply returns a copy"
+    with pytest.raises(ConfigError, match="leave trigger-origin empty"):
+        ExperimentConfig.from_flat({"trigger": "blend", "trigger-origin": "2,2"})
+
+
+def test_label_flipping_trains_on_every_label_turned_around(data_dir):
+    from clients.behaviours import Job, TrainingPlan, conduct_of
+    from clients.behaviours.label_flip import flipped
+    from fl_backdoor.federation_data import client_data
+
+    assert flipped(torch.tensor([0, 3, 9])).tolist() == [9, 6, 0]
+    cfg = ExperimentConfig.from_flat({"data-dir": data_dir, "data-fraction": 0.02, "num-clients": 2,
+                                      "adaptive-attack": "label-flip"})
+    x, y = client_data(cfg, 0, torch.device("cpu"))
+    conduct = conduct_of(cfg, 0)
+    plan = conduct.training(conduct.job(cfg, 0, 1, "train"), TrainingPlan(x, y, None), build_model(cfg), None)
+    assert torch.equal(plan.x, x) and torch.equal(plan.y, 9 - y) and plan.transform is None
+    honest = conduct.training(Job(cfg, 0, 1, "train", False), TrainingPlan(x, y, None), build_model(cfg), None)
+    assert torch.equal(honest.y, y)
+
+
+def test_alie_is_the_mean_minus_z_standard_deviations():
+    import numpy as np
+    from scipy.stats import norm
+
+    from server_strategies.byzantine import BYZANTINE
+    from server_strategies.byzantine.alie import alie_z
+
+    honest = np.array([[0.0, 0.0], [2.0, 4.0]])  # mean (1, 2), std (1, 2)
+    assert alie_z(10, 2) == pytest.approx(norm.ppf(0.6))  # s = floor(10/2 + 1) - 2 = 4, Phi^-1((10 - 4) / 10)
+    cfg = ExperimentConfig()
+    z = norm.ppf(0.6)
+    assert BYZANTINE["alie"](honest, 10, 2, cfg).tolist() == pytest.approx([1 - z, 2 - 2 * z])
+    assert BYZANTINE["alie"](honest, 10, 2, cfg.replace(alie_z=1.5)).tolist() == pytest.approx([-0.5, -1.0])
+    assert BYZANTINE["ipm"](honest, 10, 2, cfg.replace(ipm_epsilon=0.5)).tolist() == pytest.approx([-0.5, -1.0])
+
+
+def test_minmax_goes_as_far_as_the_honest_spread_allows():
+    import numpy as np
+
+    from server_strategies.byzantine import BYZANTINE
+    from server_strategies.byzantine.minmax import TAU, minmax_gamma
+
+    # mean (1, 0), p = -std = (-1, 0); the malicious update (1 - g, 0) is 1 + g from (2, 0), and the
+    # honest updates are 2 apart, so g = 1
+    honest = np.array([[0.0, 0.0], [2.0, 0.0]])
+    assert minmax_gamma(honest, np.array([-1.0, 0.0]), 10.0) == pytest.approx(1.0, abs=2 * TAU)
+    assert BYZANTINE["minmax"](honest, 5, 1, ExperimentConfig()).tolist() == pytest.approx([0.0, 0.0], abs=4 * TAU)
+
+
+def test_the_colluders_replies_become_one_malicious_model():
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    from server_strategies.byzantine import poison_replies
+
+    def rec(*v: float) -> ArrayRecord:
+        return ArrayRecord({"w": Array(np.asarray(v))})
+
+    g, local = rec(0.0, 0.0), [rec(1.0, 1.0), rec(3.0, 1.0), rec(2.0, 4.0)]
+    cfg = ExperimentConfig.from_flat({"byzantine-attack": "ipm", "ipm-epsilon": 1.0})
+    out = poison_replies(cfg, g, local, [False, True, True])
+    assert out[0] is local[0] and out[1]["w"].numpy().tolist() == out[2]["w"].numpy().tolist() == [-2.0, -2.0]
+    colluders = poison_replies(cfg.replace(byzantine_knowledge="colluders"), g, local, [False, True, True])
+    assert colluders[1]["w"].numpy().tolist() == [-2.5, -2.5], "the mean of the attackers' own updates only"
+    alone = poison_replies(cfg.replace(byzantine_knowledge="colluders"), g, local, [False, True, False])
+    assert alone == local, "one colluder knows no spread: it submits its honest model"
+
+
+@pytest.mark.parametrize("values", [{"trigger": "blend"}, {"adaptive-attack": "label-flip"},
+                                    {"byzantine-attack": "ipm", "ipm-epsilon": 20.0, "num-attackers": 2,
+                                     "aggregation": "norm-clip"}], ids=["blend", "label-flip", "ipm"])
+def test_an_attack_runs_through_flower(values, data_dir, tmp_path):
+    cfg = ExperimentConfig.from_flat({"dataset": "mnist", "num-clients": 5, "labels-per-client": 10,
+                                      "data-fraction": 0.02, "test-subset": 300, "lr": 0.05, "num-rounds": 2,
+                                      "curve-points": 0, "poison-epochs": 1, "data-dir": data_dir,
+                                      "output-dir": str(tmp_path), **values})
+    rows = [r for r in read_csv(run_simulation(cfg) / "metrics.csv") if r["phase"] == "train"]
+    assert [int(r["replies"]) for r in rows] == [5, 5] and all(int(r["attacking"]) >= 1 for r in rows)
+    if "byzantine-attack" in values:  # the two identical, 20x negated updates stand out of the median clip
+        assert [int(r["flagged_attackers"]) for r in rows] == [2, 2]

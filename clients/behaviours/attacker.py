@@ -15,7 +15,8 @@ class Attacker(Behaviour):
     """Trains on poisoned data with its own optimiser and submits G + gamma * (L - G)."""
 
     def poisons(self, server_round: int, phase: str) -> bool:
-        return is_attacking(self.cfg, self.client_id, server_round, phase)
+        # a Byzantine attacker trains honestly: the server plays the colluders (server_strategies/byzantine)
+        return self.cfg.byzantine_attack == "none" and is_attacking(self.cfg, self.client_id, server_round, phase)
 
     def training(self, job: Job, plan: TrainingPlan, model: nn.Module, mask: NeuronMask | None) -> TrainingPlan:
         if not job.attacking:

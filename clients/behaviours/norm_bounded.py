@@ -31,7 +31,7 @@ def project_onto_ball(state: State, center: State, radius: float) -> float:
     the entries to their float32 cannot put it outside.  Returns the norm before the projection.
     """
     keys = [k for k, v in center.items() if v.is_floating_point()]
-    norm = float(torch.sqrt(sum(((state[k].double() - center[k].double()) ** 2).sum() for k in keys)))
+    norm = sum(float(((state[k].double() - center[k].double()) ** 2).sum()) for k in keys) ** 0.5
     if norm > radius:
         scale = radius * (1 - 1e-6) / norm
         for k in keys:

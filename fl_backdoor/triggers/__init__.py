@@ -10,15 +10,19 @@ trigger kind is a function ``(image_size, origin, piece) -> Trigger``:
 
 A new kind is one file in this package::
 
-    @TRIGGERS.register("blend")
-    def blend(image_size: int, origin: tuple[int, ...], piece: int | None) -> Trigger: ...
+    @TRIGGERS.register("spot")
+    def spot(image_size: int, origin: tuple[int, ...], piece: int | None) -> Trigger: ...
+
+A kind with settings of its own registers the run-config keys it reads
+(``settings=("blend-alpha", "blend-seed")``) and takes them as keyword arguments.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -64,13 +68,20 @@ class PixelTrigger(Trigger):
         return [p for p in self.pixels if not (0 <= p[0] < image_size and 0 <= p[1] < image_size)]
 
 
-TriggerKind = Callable[[int, tuple[int, ...], "int | None"], Trigger]
+TriggerKind = Callable[..., Trigger]  # (image_size, origin, piece, **settings)
 TRIGGERS: Registry[TriggerKind] = Registry("trigger", __name__)
 
 
-def trigger_for(name: str, image_size: int, origin: tuple[int, ...] = (), piece: int | None = None) -> Trigger:
-    """The trigger named in the config: the whole pattern, or one piece of a distributed trigger."""
-    return TRIGGERS[name](image_size, origin, piece)
+def trigger_for(name: str, image_size: int, origin: tuple[int, ...] = (), piece: int | None = None,
+                config: Mapping[str, Any] | None = None) -> Trigger:
+    """The trigger named in the config: the whole pattern, or one piece of a distributed trigger.
+
+    A kind registered with ``settings=("key", ...)`` also gets those run-config keys from
+    ``config`` (a flat run config), as keyword arguments named with underscores.
+    """
+    wanted = TRIGGERS.meta(name).get("settings", ())
+    options = {k.replace("-", "_"): (config or {})[k] for k in wanted if config is not None}
+    return TRIGGERS[name](image_size, origin, piece, **options)
 
 
 def trigger_pieces(name: str) -> int:
