@@ -68,8 +68,12 @@ def describe(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Local training (benign or poisoned) of the received global model."""
     req = unpack(msg)
+    key = f"client-memory-{req.client_id}"  # a node may play several logical clients
+    memory = context.state.array_records[key].to_torch_state_dict() if key in context.state.array_records else {}
     result = run_local_job(req.cfg, req.client_id, req.state, protocol.number(req.config, "server-round", int),
-                           str(req.config.get("phase", "train")), req.mask)
+                           str(req.config.get("phase", "train")), req.mask, memory)
+    if memory:
+        context.state[key] = ArrayRecord(memory)
     return reply(msg, {"num-examples": result.stats.num_examples, "train-loss": result.stats.loss}, result.state)
 
 

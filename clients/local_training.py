@@ -42,10 +42,14 @@ def job_generator(cfg: ExperimentConfig, client_id: int, server_round: int, phas
 
 
 def run_local_job(cfg: ExperimentConfig, client_id: int, global_state: dict[str, torch.Tensor],
-                  server_round: int, phase: str = "train", mask: NeuronMask | None = None) -> LocalResult:
-    """Train the global model on this client's data; the client's behaviours shape data, training and reply."""
+                  server_round: int, phase: str = "train", mask: NeuronMask | None = None,
+                  memory: dict[str, torch.Tensor] | None = None) -> LocalResult:
+    """Train the global model on this client's data; the client's behaviours shape data, training and reply.
+
+    ``memory`` is the client's store across jobs, changed in place by behaviours that keep one.
+    """
     conduct = conduct_of(cfg, client_id)
-    job = conduct.job(cfg, client_id, server_round, phase)
+    job = conduct.job(cfg, client_id, server_round, phase, memory)
     conduct.start(job)
     device = pick_device(cfg.device)
     model = client_model(cfg, global_state, mask)

@@ -227,6 +227,9 @@ class ExperimentConfig:
     alie_z: float = _opt("attack", 0.0, "alie: z; 0 = the paper's z_max from n and m.", added=True)
     ipm_epsilon: float = _opt("attack", 0.1, "ipm: epsilon of -epsilon x the honest mean.", added=True)
     minmax_gamma: float = _opt("attack", 10.0, "minmax: gamma_init of the paper's search.", added=True)
+    neurotoxin_ratio: float = _opt("attack", 0.99, "neurotoxin: share of coordinates the attacker may change, "
+                                                   "those the last global update moved least (the reference's "
+                                                   "0.99).", added=True)
     pgd_norm: float = _opt("attack", 1.0, "pgd: L2 bound on the attacker's submitted update (set it at or below the "
                                           "norm-clip bound it should pass).", added=True)
     pgd_every: int = _opt("attack", 10, "pgd: optimiser steps between projections (Wang et al.'s 10).", added=True)
@@ -575,6 +578,8 @@ class ExperimentConfig:
         )
         _check(self.adaptive_delta > 0, "adaptive-delta", f"must be > 0, got {self.adaptive_delta}")
         _check(self.pgd_norm > 0, "pgd-norm", f"must be > 0, got {self.pgd_norm}")
+        _check(0.0 < self.neurotoxin_ratio <= 1.0, "neurotoxin-ratio",
+               f"must be in (0, 1], got {self.neurotoxin_ratio}")
         _check(self.alie_z >= 0, "alie-z", f"must be >= 0, got {self.alie_z}")
         _check(self.ipm_epsilon > 0, "ipm-epsilon", f"must be > 0, got {self.ipm_epsilon}")
         _check(self.minmax_gamma > 0, "minmax-gamma", f"must be > 0, got {self.minmax_gamma}")

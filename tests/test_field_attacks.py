@@ -135,9 +135,10 @@ def test_the_colluders_replies_become_one_malicious_model():
 
 
 @pytest.mark.parametrize("values", [{"trigger": "blend"}, {"adaptive-attack": "label-flip"},
+                                    {"adaptive-attack": "neurotoxin"},
                                     {"byzantine-attack": "ipm", "ipm-epsilon": 20.0, "num-attackers": 2,
-                                     "aggregation": "norm-clip"}], ids=["blend", "label-flip", "ipm"])
-def test_an_attack_runs_through_flower(values, data_dir, tmp_path):
+                                     "aggregation": "norm-clip"}], ids=["blend", "label-flip", "neurotoxin", "ipm"])
+def test_an_attack_runs_through_flower(values, data_dir, tmp_path, capfd):
     cfg = ExperimentConfig.from_flat({"dataset": "mnist", "num-clients": 5, "labels-per-client": 10,
                                       "data-fraction": 0.02, "test-subset": 300, "lr": 0.05, "num-rounds": 2,
                                       "curve-points": 0, "poison-epochs": 1, "data-dir": data_dir,
@@ -146,3 +147,40 @@ def test_an_attack_runs_through_flower(values, data_dir, tmp_path):
     assert [int(r["replies"]) for r in rows] == [5, 5] and all(int(r["attacking"]) >= 1 for r in rows)
     if "byzantine-attack" in values:  # the two identical, 20x negated updates stand out of the median clip
         assert [int(r["flagged_attackers"]) for r in rows] == [2, 2]
+    if values.get("adaptive-attack") == "neurotoxin":  # round 2 reads round 1's global model from Context.state
+        out = capfd.readouterr().out
+        assert "client 0, round 1: mask from its clean gradient" in out
+        assert "client 0, round 2: mask from the last global update" in out
+
+
+def test_the_neurotoxin_mask_keeps_the_smallest_share_of_all_coordinates():
+    from clients.behaviours.neurotoxin import smallest_mask
+
+    estimate = [torch.tensor([0.5, -0.1]), torch.tensor([[3.0, 0.2], [0.0, -2.0]])]
+    masks = smallest_mask(estimate, 0.5)  # the 3 smallest of 6 magnitudes: 0.0, 0.1, 0.2
+    assert masks[0].tolist() == [0.0, 1.0] and masks[1].tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    assert smallest_mask([torch.ones(4)], 0.5)[0].tolist() == [1.0, 1.0, 0.0, 0.0], "ties in index order"
+
+
+def test_neurotoxin_leaves_the_coordinates_the_last_global_update_moved_most(data_dir):
+    from clients.behaviours.neurotoxin import smallest_mask
+
+    cfg = ExperimentConfig.from_flat({"data-dir": data_dir, "data-fraction": 0.02, "num-clients": 2, "gamma": 2,
+                                      "poison-epochs": 1, "trigger": "pixel-9", "weight-decay": 0.0,
+                                      "adaptive-attack": "neurotoxin", "neurotoxin-ratio": 0.5})
+    g1 = build_model(cfg).state_dict()
+    memory: dict[str, torch.Tensor] = {}
+    first = run_local_job(cfg, 0, g1, 1, memory=memory)  # no earlier global model: its clean gradient decides
+    moved = [float((first.state[k] != g1[k]).float().mean()) for k in g1]
+    assert first.attacked and sum(moved) / len(moved) <= 0.5 + 1e-6
+    g2 = first.state
+    second = run_local_job(cfg, 0, g2, 2, memory=memory)
+    names = [n for n, _ in build_model(cfg).named_parameters()]
+    assert set(memory) == {f"neurotoxin/previous-global/{n}" for n in names}
+    masks = smallest_mask([g2[n] - g1[n] for n in names], 0.5)
+    changed = 0
+    for name, allowed in zip(names, masks, strict=True):
+        frozen = allowed == 0
+        assert torch.equal(second.state[name][frozen], g2[name][frozen]), name
+        changed += int((second.state[name][~frozen] != g2[name][~frozen]).sum())
+    assert changed > 0.25 * sum(g2[n].numel() for n in names), "it trains the coordinates it kept"

@@ -21,7 +21,7 @@ and ``adaptive-attack = "my-attack"`` selects it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -37,13 +37,18 @@ State = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class Job:
-    """One local training job: which client, which round and phase, and whether the client poisons in it."""
+    """One local training job: which client, which round and phase, and whether the client poisons in it.
+
+    ``memory`` is the client's own store of tensors across its jobs (Flower keeps it in the
+    node's ``Context.state``); a behaviour may read and change it.
+    """
 
     cfg: ExperimentConfig
     client_id: int
     server_round: int
     phase: str
     attacking: bool
+    memory: State = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,10 +114,11 @@ class Conduct:
     def __init__(self, behaviours: list[Behaviour]) -> None:
         self.chain = behaviours
 
-    def job(self, cfg: ExperimentConfig, client_id: int, server_round: int, phase: str) -> Job:
-        """A training job of this client."""
+    def job(self, cfg: ExperimentConfig, client_id: int, server_round: int, phase: str,
+            memory: State | None = None) -> Job:
+        """A training job of this client (``memory``: its store across jobs; a fresh one when None)."""
         attacking = any(b.poisons(server_round, phase) for b in self.chain)
-        return Job(cfg, client_id, server_round, phase, attacking)
+        return Job(cfg, client_id, server_round, phase, attacking, {} if memory is None else memory)
 
     def start(self, job: Job) -> None:
         for b in self.chain:
