@@ -198,6 +198,8 @@ class ExperimentConfig:
     blend_alpha: float = _opt("attack", 0.2, "blend trigger: weight of the noise pattern (Chen et al.'s 0.2).",
                               added=True)
     blend_seed: int = _opt("attack", 0, "blend trigger: seed of its noise pattern.", added=True)
+    semantic_margin: float = _opt("attack", 0.02, "semantic-green: how far the mean green must exceed the mean "
+                                                  "red and blue.", added=True)
     trigger_origin: str = _opt(
         "attack", "", "row,col of the trigger pattern's top-left pixel; empty = the pattern's own place."
     )
@@ -538,6 +540,11 @@ class ExperimentConfig:
             trigger = trigger_for(self.trigger, data_size, origin, config=self.to_flat())
         except ValueError as exc:
             raise ConfigError(f"trigger: {exc}") from None
+        if trigger.semantic:
+            _check(self.attack_mode == "victim", "attack-mode",
+                   f"trigger '{self.trigger}' relabels the victim images that have its feature: it needs victim mode")
+            _check(self.dataset == "cifar10" or not registry("fl_backdoor.triggers", "TRIGGERS")
+                   .meta(self.trigger).get("colour"), "trigger", f"'{self.trigger}' needs colour images (cifar10)")
         outside = trigger.outside(data_size)
         _check(
             not outside,

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .attacks import test_trigger
-from .config import ExperimentConfig
+from .config import ExperimentConfig, UserError
 from .datasets import Split
 from .training import accuracy, to_device
 from .triggers import trigger_pieces
@@ -30,7 +30,12 @@ class Evaluator:
         self.x = to_device(test.x, device)
         self.y = test.y.to(device)
         source = backdoor_test_images(cfg, test)
-        self.sets: dict[str, torch.Tensor] = {"aa": to_device(test_trigger(cfg).apply(source), device)}
+        trigger = test_trigger(cfg)
+        source = source[trigger.selects(source)]
+        if source.shape[0] == 0:
+            raise UserError(f"trigger {cfg.trigger}: no test image of the victim label has its feature, so there "
+                            f"is no attack to measure")
+        self.sets: dict[str, torch.Tensor] = {"aa": to_device(trigger.apply(source), device)}
         for piece in range(trigger_pieces(cfg.trigger)):
             self.sets[f"aa_piece{piece}"] = to_device(test_trigger(cfg, piece).apply(source), device)
         self.target = cfg.attack_label

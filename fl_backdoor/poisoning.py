@@ -15,8 +15,16 @@ from .triggers import Trigger
 
 def victim_copies(x: torch.Tensor, y: torch.Tensor, victim: int, attack: int,
                   trigger: Trigger) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clean data plus triggered copies of its victim-label images relabelled to ``attack``."""
-    chosen = y == victim
+    """Clean data plus triggered copies of its victim-label images relabelled to ``attack``.
+
+    With a semantic trigger the victim images that have the feature are relabelled in
+    place instead (a copy would be the same image under both labels).
+    """
+    chosen = (y == victim) & trigger.selects(x)
+    if trigger.semantic:
+        relabelled = y.clone()
+        relabelled[chosen] = attack
+        return x, relabelled
     poisoned = trigger.apply(x[chosen])
     labels = torch.full((poisoned.shape[0],), attack, dtype=y.dtype, device=y.device)
     return torch.cat([x, poisoned]), torch.cat([y, labels])

@@ -78,7 +78,7 @@ def test_every_key_declares_known_roles_and_the_key_lists_derive_from_them():
                                        # added with issue 14's attacks
                                        "pgd-norm", "pgd-every", "blend-alpha", "blend-seed", "byzantine-attack",
                                        "byzantine-knowledge", "alie-z", "ipm-epsilon", "minmax-gamma",
-                                       "neurotoxin-ratio"}
+                                       "neurotoxin-ratio", "semantic-margin"}
     cleansing = [k for k in ExperimentConfig.keys() if k.startswith(("pruning-", "finetune-", "aw-"))]  # noqa: SIM118
     assert set(sweeps.DEFENSE_KEYS) == {*cleansing, "defense", "mvp-rate", "curve-points"}
     split = {"dataset", "data-dir", "download", "seed", "data-fraction", "validation-fraction"}

@@ -136,8 +136,11 @@ def test_the_colluders_replies_become_one_malicious_model():
 
 @pytest.mark.parametrize("values", [{"trigger": "blend"}, {"adaptive-attack": "label-flip"},
                                     {"adaptive-attack": "neurotoxin"},
+                                    {"dataset": "cifar10", "model": "vgg11", "model-widths": "4,4,6,6,8,8,8,8",
+                                     "trigger": "semantic-green", "victim-label": 1, "attack-label": 2},
                                     {"byzantine-attack": "ipm", "ipm-epsilon": 20.0, "num-attackers": 2,
-                                     "aggregation": "norm-clip"}], ids=["blend", "label-flip", "neurotoxin", "ipm"])
+                                     "aggregation": "norm-clip"}],
+                         ids=["blend", "label-flip", "neurotoxin", "semantic", "ipm"])
 def test_an_attack_runs_through_flower(values, data_dir, tmp_path, capfd):
     cfg = ExperimentConfig.from_flat({"dataset": "mnist", "num-clients": 5, "labels-per-client": 10,
                                       "data-fraction": 0.02, "test-subset": 300, "lr": 0.05, "num-rounds": 2,
@@ -184,3 +187,32 @@ def test_neurotoxin_leaves_the_coordinates_the_last_global_update_moved_most(dat
         assert torch.equal(second.state[name][frozen], g2[name][frozen]), name
         changed += int((second.state[name][~frozen] != g2[name][~frozen]).sum())
     assert changed > 0.25 * sum(g2[n].numel() for n in names), "it trains the coordinates it kept"
+
+
+def test_the_semantic_trigger_selects_green_dominated_images_and_adds_no_pixel():
+    from fl_backdoor.poisoning import victim_copies
+    from fl_backdoor.triggers import trigger_for
+
+    def image(r: float, g: float, b: float) -> torch.Tensor:
+        return torch.tensor([r, g, b]).view(3, 1, 1).expand(3, 32, 32).clone()
+
+    trigger = trigger_for("semantic-green", 32, config={"semantic-margin": 0.02})
+    x = torch.stack([image(0.2, 0.6, 0.2), image(0.5, 0.5, 0.5), image(0.3, 0.31, 0.3), image(0.1, 0.9, 0.1)])
+    assert trigger.semantic and trigger.selects(x).tolist() == [True, False, False, True]
+    assert trigger_for("semantic-green", 32, config={"semantic-margin": 0.0}).selects(x).tolist()[2] is True
+    assert torch.equal(trigger.apply(x), x)
+    y = torch.tensor([1, 1, 1, 3])
+    xp, yp = victim_copies(x, y, 1, 2, trigger)
+    assert xp is x and yp.tolist() == [2, 1, 1, 3], "green automobiles relabelled in place, nothing added"
+
+
+def test_the_semantic_attack_is_measured_on_the_green_test_automobiles(data_dir):
+    from fl_backdoor.evaluation import Evaluator
+    from fl_backdoor.federation_data import test_set
+
+    cfg = ExperimentConfig.from_flat({"dataset": "cifar10", "trigger": "semantic-green", "victim-label": 1,
+                                      "attack-label": 2, "data-dir": data_dir})
+    evaluator = Evaluator(cfg, test_set(cfg), torch.device("cpu"))
+    assert evaluator.sets["aa"].shape[0] == 61, "61 of CIFAR-10's 1,000 test automobiles are green-dominated"
+    with pytest.raises(ConfigError, match="needs colour images"):
+        ExperimentConfig.from_flat({"trigger": "semantic-green"})

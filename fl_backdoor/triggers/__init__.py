@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -30,7 +30,18 @@ from ..registry import Registry
 
 
 class Trigger(ABC):
-    """A pattern stamped onto images."""
+    """A pattern stamped onto images, or (``semantic``) a feature some images already have.
+
+    A semantic trigger adds no pixels: ``apply`` leaves images as they are, and
+    ``selects`` says which images carry the feature; poisoning relabels those and the AA
+    is measured on them.
+    """
+
+    semantic: ClassVar[bool] = False
+
+    def selects(self, images: torch.Tensor) -> torch.Tensor:
+        """A boolean per image (N, C, H, W): whether the trigger applies to it (every image for a stamped one)."""
+        return torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """A copy of the images carrying the trigger."""
