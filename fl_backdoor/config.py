@@ -232,8 +232,8 @@ class ExperimentConfig:
     neurotoxin_ratio: float = _opt("attack", 0.99, "neurotoxin: share of coordinates the attacker may change, "
                                                    "those the last global update moved least (the reference's "
                                                    "0.99).", added=True)
-    pgd_norm: float = _opt("attack", 1.0, "pgd: L2 bound on the attacker's submitted update (set it at or below the "
-                                          "norm-clip bound it should pass).", added=True)
+    pgd_norm: float = _opt("attack", 0.0, "pgd: L2 bound on the attacker's submitted update; 0 = the norm of its "
+                                          "own honest update of the round.", added=True)
     pgd_every: int = _opt("attack", 10, "pgd: optimiser steps between projections (Wang et al.'s 10).", added=True)
     oracle_checkpoint: str = _opt(
         "attack", "", "pruning-aware-oracle: checkpoint whose pruning mask the attacker is given."
@@ -584,7 +584,7 @@ class ExperimentConfig:
             f"{len(kinds)} '/'-separated kinds for {len(attackers)} attackers",
         )
         _check(self.adaptive_delta > 0, "adaptive-delta", f"must be > 0, got {self.adaptive_delta}")
-        _check(self.pgd_norm > 0, "pgd-norm", f"must be > 0, got {self.pgd_norm}")
+        _check(self.pgd_norm >= 0, "pgd-norm", f"must be >= 0, got {self.pgd_norm}")
         _check(0.0 < self.neurotoxin_ratio <= 1.0, "neurotoxin-ratio",
                f"must be in (0, 1], got {self.neurotoxin_ratio}")
         _check(self.alie_z >= 0, "alie-z", f"must be >= 0, got {self.alie_z}")

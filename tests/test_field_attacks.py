@@ -40,6 +40,12 @@ def test_pgd_submits_a_boosted_update_no_longer_than_its_bound(data_dir):
     bound = update_norm(free.state, state) / 10
     pgd = run_local_job(cfg.replace(adaptive_attack="pgd", pgd_norm=bound), 0, state, 1)
     assert pgd.attacked and update_norm(pgd.state, state) == pytest.approx(bound, rel=1e-5)
+    # pgd-norm 0: the bound is the norm of the update client 0 would send if it were honest
+    honest = run_local_job(cfg.replace(attack_rounds="2"), 0, state, 1)  # round 1 is not an attack round
+    assert not honest.attacked
+    own = run_local_job(cfg.replace(adaptive_attack="pgd"), 0, state, 1)
+    assert update_norm(own.state, state) == pytest.approx(update_norm(honest.state, state), rel=1e-5)
+    assert update_norm(own.state, state) < update_norm(free.state, state)
 
 
 @pytest.mark.parametrize("attack", ["none", "pgd"])

@@ -8,17 +8,27 @@ to at most ``pgd-norm``, and the submitted update is projected onto that ball on
 so the bound holds exactly.  This is the attack norm clipping cannot see: an update no
 longer than the bound the defender clips to is left as it is.  The norm covers every
 floating-point entry of the state (weights, biases and normalisation statistics).
+
+With ``pgd-norm=0`` (the default) the bound is the norm of the update the attacker would
+send if it were honest this round: it first trains a copy of the global model as an
+honest client does, on its own clean data.  Honest update norms shrink as training goes
+(on Fashion-MNIST, Table II setting: 3.3-4.2 in round 1, 0.43-0.60 in round 60), so a
+fixed bound is either clipped late or needlessly small early; the honest norm is what a
+median-norm clip (norm clipping's default, FLAME) lets through.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import torch
 from torch import nn
 
 from fl_backdoor.attacks import attack_gamma
+from fl_backdoor.federation_data import client_data
 from fl_backdoor.masks import NeuronMask
+from fl_backdoor.training import train
 
 from . import BEHAVIOURS, Behaviour, Job, State, TrainingPlan
 
@@ -46,8 +56,9 @@ class NormBounded(Behaviour):
     def training(self, job: Job, plan: TrainingPlan, model: nn.Module, mask: NeuronMask | None) -> TrainingPlan:
         if not job.attacking:
             return plan
-        radius = self.cfg.pgd_norm / max(attack_gamma(self.cfg, job.phase), 1.0)
         center = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.bound = self.cfg.pgd_norm or self.honest_norm(job, model, center)
+        radius = self.bound / max(attack_gamma(self.cfg, job.phase), 1.0)
         steps = itertools.count(1)
         before = plan.after_step
 
@@ -59,7 +70,19 @@ class NormBounded(Behaviour):
 
         return plan.but(after_step=step)
 
+    def honest_norm(self, job: Job, model: nn.Module, center: State) -> float:
+        """The norm of the update an honest training of this job would give."""
+        from clients.local_training import benign_settings, job_generator
+
+        honest = copy.deepcopy(model)
+        x, y = client_data(self.cfg, self.client_id, next(model.parameters()).device)
+        train(honest, x, y, benign_settings(self.cfg, job.server_round),
+              job_generator(self.cfg, self.client_id, job.server_round, job.phase))
+        state = honest.state_dict()
+        return sum(float(((state[k].double() - v.double()) ** 2).sum())
+                   for k, v in center.items() if v.is_floating_point()) ** 0.5
+
     def submit(self, job: Job, global_state: State, local: State) -> State:
-        if job.attacking:
-            project_onto_ball(local, global_state, self.cfg.pgd_norm)
+        if job.attacking:  # the training hook of this job set the bound
+            project_onto_ball(local, global_state, self.bound)
         return local
