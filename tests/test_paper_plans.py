@@ -103,3 +103,28 @@ def test_robust_crosses_every_rule_with_every_attacker_and_defends_each_model() 
     fedavg = [e for e in experiments
               if parent(e).cfg.aggregation == "paper" and parent(e).cfg.adaptive_attack == "none"]
     assert {e.name for e in fedavg} == {e.name for e in plan("table2").experiments}, "FedAvg rows are Table II's runs"
+
+
+def test_attacks_crosses_each_backdoor_with_its_defenses_and_each_untargeted_attack_with_the_robust_rules() -> None:
+    from experiments.targets import BACKDOOR_RULES, BACKDOORS, UNTARGETED, UNTARGETED_RULES
+
+    experiments = plan("attacks").experiments
+    pairs = [(9, 0), (9, 1), (9, 2)]
+    defended_runs = [e for e in experiments if e.cfg.defense == "all"]
+    trainings = [e for e in experiments if e.cfg.defense == "train-only"]
+    assert len(defended_runs) == len(BACKDOORS) * len(BACKDOOR_RULES) * len(pairs)
+    seen = {(parent(e).cfg.aggregation, parent(e).cfg.adaptive_attack, parent(e).cfg.trigger,
+             e.cfg.victim_label, e.cfg.attack_label) for e in defended_runs}
+    assert seen == {(r, kind, trigger, v, a) for r in BACKDOOR_RULES
+                    for kind, trigger in (("none", "pixel-1"), ("pgd", "pixel-1"), ("neurotoxin", "pixel-1"),
+                                          ("none", "blend"))
+                    for v, a in pairs}
+    table2 = {e.name for e in plan("table2").experiments}
+    plain = [e for e in defended_runs if parent(e).cfg.aggregation == "paper" and parent(e).cfg.adaptive_attack ==
+             "none" and parent(e).cfg.trigger == "pixel-1"]
+    assert {e.name for e in plain} <= table2 and len(plain) == 3, "the plain attacker under FedAvg is Table II's"
+    assert len(trainings) == len(UNTARGETED) * len(UNTARGETED_RULES)
+    assert {(e.cfg.aggregation, e.cfg.byzantine_attack, e.cfg.adaptive_attack, e.cfg.num_attackers)
+            for e in trainings} == {(r, b, k, n) for r in UNTARGETED_RULES
+                                    for b, k, n in (("none", "none", 0), ("none", "label-flip", 2), ("alie", "none", 2),
+                                                    ("ipm", "none", 2), ("minmax", "none", 2))}
