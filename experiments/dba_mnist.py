@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run by path: make the repository's packages imp
 
 from experiments.reports import Row, round_history
 from fl_backdoor.cli import add_config_arguments, run_cli
-from fl_backdoor.config import config_from_args
+from fl_backdoor.config import config_from_args, parse_round_spec
 from fl_backdoor.federation_data import client_partitions
 from fl_backdoor.plots import plot_curves
 from fl_backdoor.run_dir import atomic_write_text, write_csv
@@ -90,8 +90,12 @@ def poisoned_samples(exp: Experiment) -> int:
     per_shot = {a: cfg.poison_epochs * sum(min(cfg.poison_per_batch, sizes[a] - start)
                                            for start in range(0, sizes[a], cfg.batch_size))
                 for a in cfg.attackers}
-    shots = {a: sum(1 for r in range(1, 1000) if cfg.attacks_in_round(a, r)) for a in cfg.attackers}
-    return sum(per_shot[a] * shots[a] for a in cfg.attackers)
+    def shots(attacker: int) -> int:
+        """Rounds the attacker poisons in: its ranges, or every round of the run for 'all'."""
+        ranges = parse_round_spec(cfg.attack_spec(attacker), "attack-rounds")
+        return cfg.num_rounds if ranges is None else sum(end - start + 1 for start, end in ranges)
+
+    return sum(per_shot[a] * shots(a) for a in cfg.attackers)
 
 
 def report(outcome: SweepOutcome, plan: Attacks, out: Path) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fl_backdoor.plots import plot_bars, plot_curves
 from fl_backdoor.run_dir import atomic_write_text, read_csv, write_csv
 from fl_backdoor.sweeps import Experiment, SweepOutcome
 from fl_backdoor.tables import PHASE_TITLES, Column, markdown_columns
+
+K = TypeVar("K")
 
 Report = Callable[[SweepOutcome, Path], None]  # writes a target's outputs into its directory
 Row = dict[str, Any]
@@ -146,20 +148,31 @@ def delta_curves(data: Sequence[dict[str, str]], x: str, tag: str = "") -> Curve
     return {f"TA{tag}": (xs, [float(r["ta"]) for r in data]), f"AA{tag}": (xs, [float(r["aa"]) for r in data])}
 
 
+def finished_curves(outcome: SweepOutcome, runs: Mapping[K, Experiment], csv_name: str, key: str
+                    ) -> tuple[list[tuple[K, list[dict[str, str]], Row]], list[Row], list[str]]:
+    """For the finished runs: (run key, rows of its curve file ``csv_name``, its results row); every curve row
+    tagged with ``key``; and the names of the runs not finished."""
+    found: list[tuple[K, list[dict[str, str]], Row]] = []
+    long_rows: list[Row] = []
+    missing: list[str] = []
+    for k, exp in runs.items():
+        run_dir, row = outcome.run_dir(exp), row_of(outcome, exp)
+        if run_dir is None or row is None:
+            missing.append(exp.name)
+            continue
+        data = read_csv(run_dir / csv_name)
+        found.append((k, data, row))
+        long_rows += [{key: k, **r} for r in data]
+    return found, long_rows, missing
+
+
 def curve_figure(title: str, runs: Mapping[int, Experiment], csv_name: str, x: str, xlabel: str,
                  methods: bool) -> Report:
     """Report of Figs. 5 and 6: a run's pruning or Delta curve, one PNG per target label."""
     def report(outcome: SweepOutcome, out: Path) -> None:
-        long_rows: list[Row] = []
         rows: list[Row] = []
-        missing: list[str] = []
-        for target, exp in runs.items():
-            run_dir, row = outcome.run_dir(exp), row_of(outcome, exp)
-            if run_dir is None or row is None:
-                missing.append(exp.name)
-                continue
-            data = read_csv(run_dir / csv_name)
-            long_rows += [{"target": target, **r} for r in data]
+        found, long_rows, missing = finished_curves(outcome, runs, csv_name, "target")
+        for target, data, row in found:
             curves: Curves = {}
             for g in (sorted({r["method"] for r in data}) if methods else [""]):
                 mine = [r for r in data if not methods or r["method"] == g]

@@ -17,6 +17,7 @@ from experiments.reports import (
     curve_figure,
     curves_per_round,
     delta_curves,
+    finished_curves,
     mean,
     pair_table,
     phase_columns,
@@ -266,15 +267,8 @@ def fig7(setup: Setup) -> Plan:
     def report(outcome: SweepOutcome, out: Path) -> None:
         curves: Curves = {}
         rows: list[Row] = []
-        long_rows: list[Row] = []
-        missing: list[str] = []
-        for k, exp in runs.items():
-            run_dir, row = outcome.run_dir(exp), row_of(outcome, exp)
-            if run_dir is None or row is None:
-                missing.append(exp.name)
-                continue
-            data = read_csv(run_dir / "aw_curve_all.csv")
-            long_rows += [{"selected": k, **r} for r in data]
+        found, long_rows, missing = finished_curves(outcome, runs, "aw_curve_all.csv", "selected")
+        for k, data, row in found:
             curves.update(delta_curves(data, "delta", f" {k} clients"))
             rows.append({**row, "selected": k})
         out.mkdir(parents=True, exist_ok=True)

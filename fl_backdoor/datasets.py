@@ -112,17 +112,17 @@ def load_split(dataset: str, data_dir: str, train: bool, download: bool = True) 
     if dataset in _IDX_SOURCES:
         folder = root / dataset
         names = _IDX_FILES[split]
-        _ensure_files(dataset, folder, names, download)
-        try:
-            images, labels = _read_idx(folder / names[0]), _read_idx(folder / names[1])
-        except CorruptFile as exc:
-            if not download:
-                raise
-            aside = exc.path.with_name(exc.path.name + ".corrupt")
-            os.replace(exc.path, aside)  # kept, not deleted: it may be the user's only copy
-            print(f"{exc.path} is truncated or corrupt; moved to {aside.name}, downloading it again", flush=True)
+        for attempt in (1, 2):  # a corrupt file is fetched again once
             _ensure_files(dataset, folder, names, download)
-            images, labels = _read_idx(folder / names[0]), _read_idx(folder / names[1])
+            try:
+                images, labels = _read_idx(folder / names[0]), _read_idx(folder / names[1])
+                break
+            except CorruptFile as exc:
+                if not download or attempt == 2:
+                    raise
+                aside = exc.path.with_name(exc.path.name + ".corrupt")
+                os.replace(exc.path, aside)  # kept, not deleted: it may be the user's only copy
+                print(f"{exc.path} is truncated or corrupt; moved to {aside.name}, downloading it again", flush=True)
         x = torch.from_numpy(images).unsqueeze(1)
     elif dataset == "cifar10":
         folder = root / _CIFAR_DIR

@@ -74,15 +74,16 @@ class Registry(Generic[T]):
         return iter(self.names())
 
     def __getitem__(self, name: str) -> T:
-        if name not in self.names():
-            raise ConfigError(unknown_choice(self.kind, name, self.names()))
-        return self._entries[name]
+        return self._entries[self._known(name)]
 
     def meta(self, name: str) -> dict[str, Any]:
         """The metadata ``name`` was registered with."""
+        return self._meta[self._known(name)]
+
+    def _known(self, name: str) -> str:
         if name not in self.names():
             raise ConfigError(unknown_choice(self.kind, name, self.names()))
-        return self._meta[name]
+        return name
 
 
 def unknown_choice(key: str, value: str, choices: tuple[str, ...]) -> str:

@@ -128,3 +128,27 @@ def test_attacks_crosses_each_backdoor_with_its_defenses_and_each_untargeted_att
             for e in trainings} == {(r, b, k, n) for r in UNTARGETED_RULES
                                     for b, k, n in (("none", "none", 0), ("none", "label-flip", 2), ("alie", "none", 2),
                                                     ("ipm", "none", 2), ("minmax", "none", 2))}
+
+
+def test_fig7_report_reads_each_finished_runs_aw_curve_and_lists_the_rest(tmp_path) -> None:
+    import json
+
+    from fl_backdoor.run_dir import read_csv, write_csv
+    from fl_backdoor.sweeps import SweepOutcome
+
+    target = plan("fig7", "tiny")
+    done, pending = target.experiments
+    run_dir = tmp_path / "runs" / done.name
+    run_dir.mkdir(parents=True)
+    row = {"vl": 9, "al": 0, "training_ta": 98.0, "training_aa": 99.0, "fp_ta": 97.0, "fp_aa": 50.0,
+           "all_ta": 97.5, "all_aa": 2.0}
+    (run_dir / "results.json").write_text(json.dumps({"row": row}))
+    write_csv(run_dir / "aw_curve_all.csv", [{"delta": "none", "ta": 0.97, "aa": 0.5},
+                                             {"delta": 3.0, "ta": 0.96, "aa": 0.02}])
+    out = tmp_path / "fig7"
+    target.report(SweepOutcome(tmp_path, finished={done.name: run_dir}), out)
+    assert [(r["selected"], r["delta"], r["aa"]) for r in read_csv(out / "curves.csv")] == \
+        [("5", "none", "0.5"), ("5", "3.0", "0.02")]
+    table = (out / "table.md").read_text()
+    assert "| 5 | 98.0 | 99.0 | 97.0 | 50.0 | 97.5 | 2.0 |" in table and pending.name in table
+    assert (out / "curves.png").is_file()
