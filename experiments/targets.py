@@ -390,7 +390,10 @@ def adaptive(setup: Setup) -> Plan:
 # --- training-time defenses (issue 13) --------------------------------------------------------------------
 ROBUST_RULES = ("paper", "krum", "multikrum", "bulyan", "median", "trimmed-mean", "norm-clip", "flame", "fltrust",
                 "foolsgold", "dp-fixed-clip")
-ROBUST_ATTACKS = ("none", "pruning-aware", "aw-aware")  # the plain boosted attacker, then the adaptive ones
+# the plain boosted attacker, DBA (four attackers, one piece each), then the adaptive ones
+ROBUST_ATTACKS: dict[str, dict[str, Any]] = {
+    "none": {}, "dba": {"trigger": "dba", "num_attackers": 4},
+    "pruning-aware": {"adaptive_attack": "pruning-aware"}, "aw-aware": {"adaptive_attack": "aw-aware"}}
 
 
 def robust(setup: Setup) -> Plan:
@@ -402,9 +405,10 @@ def robust(setup: Setup) -> Plan:
         for rule in rules:
             for v, a in setup.scale.fmnist_pairs:
                 training = setup.training(FMNIST, victim_label=v, attack_label=a, aggregation=rule,
-                                          adaptive_attack=attack)
-                if rule != "paper":  # FedAvg's runs are Table II's and the adaptive target's own
-                    label = training.label.replace("-train", f"-{rule}-train")
+                                          **ROBUST_ATTACKS[attack])
+                tag = "-dba" if attack == "dba" else ""
+                if rule != "paper" or tag:  # FedAvg's other runs are Table II's and the adaptive target's own
+                    label = training.label.replace("-train", f"{tag}-{rule}-train")
                     training = Experiment(label, training.config, parent=training.parent)
                 cases.append((rule, attack, defended(training, "all")))
 

@@ -94,14 +94,16 @@ def test_robust_crosses_every_rule_with_every_attacker_and_defends_each_model() 
     experiments = plan("robust").experiments
     fmnist = [(9, a) for a in range(9)]
     assert len(experiments) == len(ROBUST_RULES) * len(ROBUST_ATTACKS) * len(fmnist)
-    seen = {(parent(e).cfg.aggregation, parent(e).cfg.adaptive_attack, e.cfg.victim_label, e.cfg.attack_label)
-            for e in experiments}
-    assert seen == {(r, k, v, a) for r in ROBUST_RULES for k in ROBUST_ATTACKS for v, a in fmnist}
+    seen = {(parent(e).cfg.aggregation, parent(e).cfg.adaptive_attack, parent(e).cfg.trigger,
+             parent(e).cfg.num_attackers, e.cfg.victim_label, e.cfg.attack_label) for e in experiments}
+    attackers = {("none", "pixel-1", 1), ("none", "dba", 4), ("pruning-aware", "pixel-1", 1),
+                 ("aw-aware", "pixel-1", 1)}
+    assert seen == {(r, *k, v, a) for r in ROBUST_RULES for k in attackers for v, a in fmnist}
     assert all(e.cfg.defense == "all" and e.cfg.aggregation == parent(e).cfg.aggregation for e in experiments), \
         "the rule runs in fine-tuning too, after training with it"
     assert len({parent(e).name for e in experiments}) == len(experiments), "one trained model per case"
-    fedavg = [e for e in experiments
-              if parent(e).cfg.aggregation == "paper" and parent(e).cfg.adaptive_attack == "none"]
+    fedavg = [e for e in experiments if parent(e).cfg.aggregation == "paper"
+              and parent(e).cfg.adaptive_attack == "none" and parent(e).cfg.trigger == "pixel-1"]
     assert {e.name for e in fedavg} == {e.name for e in plan("table2").experiments}, "FedAvg rows are Table II's runs"
 
 
