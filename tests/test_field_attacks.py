@@ -101,6 +101,7 @@ def test_alie_is_the_mean_minus_z_standard_deviations():
 
     honest = np.array([[0.0, 0.0], [2.0, 4.0]])  # mean (1, 2), std (1, 2)
     assert alie_z(10, 2) == pytest.approx(norm.ppf(0.6))  # s = floor(10/2 + 1) - 2 = 4, Phi^-1((10 - 4) / 10)
+    assert alie_z(10, 6) == alie_z(10, 9) == pytest.approx(norm.ppf(0.9)), "a majority of attackers: s = 1"
     cfg = ExperimentConfig()
     z = norm.ppf(0.6)
     assert BYZANTINE["alie"](honest, 10, 2, cfg).tolist() == pytest.approx([1 - z, 2 - 2 * z])

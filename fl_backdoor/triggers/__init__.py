@@ -91,7 +91,7 @@ def trigger_for(name: str, image_size: int, origin: tuple[int, ...] = (), piece:
     ``config`` (a flat run config), as keyword arguments named with underscores.
     """
     wanted = TRIGGERS.meta(name).get("settings", ())
-    options = {k.replace("-", "_"): (config or {})[k] for k in wanted if config is not None}
+    options = {k.replace("-", "_"): config[k] for k in wanted} if config is not None else {}
     return TRIGGERS[name](image_size, origin, piece, **options)
 
 

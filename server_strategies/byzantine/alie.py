@@ -20,8 +20,12 @@ from . import BYZANTINE
 
 
 def alie_z(n: int, m: int) -> float:
-    """The paper's z_max for n clients of which m attack."""
-    s = math.floor(n / 2 + 1) - m
+    """The paper's z_max for n clients of which m attack.
+
+    With a majority of attackers (s <= 0) the formula asks for Phi^-1 of 1 or more; z is then
+    taken at the largest s that leaves a probability below 1, s = 1.
+    """
+    s = max(math.floor(n / 2 + 1) - m, 1)
     return float(norm.ppf((n - s) / n))
 
 
