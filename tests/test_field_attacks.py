@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
-from clients.behaviours.norm_bounded import project_onto_ball
+from clients.behaviours.norm_bounded import project_onto_ball, update_norm
 from clients.local_training import run_local_job
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.errors import ConfigError
 from fl_backdoor.models import build_model
 from fl_backdoor.run_dir import read_csv
 from server_strategies.simulation import run_simulation
-
-
-def update_norm(local: dict[str, torch.Tensor], center: dict[str, torch.Tensor]) -> float:
-    return math.sqrt(sum(float(((local[k].double() - v.double()) ** 2).sum())
-                         for k, v in center.items() if v.is_floating_point()))
 
 
 def test_the_projection_lands_on_the_ball_and_leaves_integers_alone():

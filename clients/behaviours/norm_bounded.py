@@ -33,6 +33,12 @@ from fl_backdoor.training import train
 from . import BEHAVIOURS, Behaviour, Job, State, TrainingPlan
 
 
+def update_norm(state: State, center: State) -> float:
+    """L2 norm of state - center over the floating-point entries (in float64)."""
+    return sum(float(((state[k].double() - v.double()) ** 2).sum())
+               for k, v in center.items() if v.is_floating_point()) ** 0.5
+
+
 @torch.no_grad()
 def project_onto_ball(state: State, center: State, radius: float) -> float:
     """Move the floating-point entries of ``state`` in place into the L2 ball of ``radius`` around ``center``.
@@ -40,12 +46,12 @@ def project_onto_ball(state: State, center: State, radius: float) -> float:
     A projected update lands a millionth of the radius inside the sphere, so that rounding
     the entries to their float32 cannot put it outside.  Returns the norm before the projection.
     """
-    keys = [k for k, v in center.items() if v.is_floating_point()]
-    norm = sum(float(((state[k].double() - center[k].double()) ** 2).sum()) for k in keys) ** 0.5
+    norm = update_norm(state, center)
     if norm > radius:
         scale = radius * (1 - 1e-6) / norm
-        for k in keys:
-            state[k].copy_(center[k] + (state[k] - center[k]) * scale)
+        for k, v in center.items():
+            if v.is_floating_point():
+                state[k].copy_(v + (state[k] - v) * scale)
     return norm
 
 
@@ -78,9 +84,7 @@ class NormBounded(Behaviour):
         x, y = client_data(self.cfg, self.client_id, next(model.parameters()).device)
         train(honest, x, y, benign_settings(self.cfg, job.server_round),
               job_generator(self.cfg, self.client_id, job.server_round, job.phase))
-        state = honest.state_dict()
-        return sum(float(((state[k].double() - v.double()) ** 2).sum())
-                   for k, v in center.items() if v.is_floating_point()) ** 0.5
+        return update_norm(honest.state_dict(), center)
 
     def submit(self, job: Job, global_state: State, local: State) -> State:
         if job.attacking:  # the training hook of this job set the bound
