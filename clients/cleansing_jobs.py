@@ -8,14 +8,14 @@ import torch
 
 from clients.behaviours import conduct_of
 from clients.local_training import client_model
-from defenses.candidates import aw_accuracies, pruning_accuracies
+from defenses.candidates import aw_accuracies, candidate_measure, pruning_accuracies
 from defenses.extreme_weights import weight_stats
 from defenses.neuron_ranking import local_ranking, local_votes, mean_activations
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data
-from fl_backdoor.masks import NeuronMask, mask_on
+from fl_backdoor.masks import NeuronMask, mask_on, neuron_output_name
 from fl_backdoor.models import layer_neurons
-from fl_backdoor.training import accuracy, layer_weight, pick_device
+from fl_backdoor.training import layer_weight, pick_device
 
 
 def neuron_report(cfg: ExperimentConfig, client_id: int, state: dict[str, torch.Tensor], mask: NeuronMask | None,
@@ -35,10 +35,9 @@ def candidate_report(cfg: ExperimentConfig, client_id: int, state: dict[str, tor
     """Local clean accuracy of each candidate: pruning levels (kind 'pruning') or Deltas (kind 'aw')."""
     model = client_model(cfg, state, mask)
     x, y = client_data(cfg, client_id, pick_device(cfg.device))
-
-    def measure(m: torch.nn.Module) -> float:
-        return accuracy(m, x, y, cfg.eval_batch_size)
-
+    # pruning silences the layer's neuron outputs; AW changes the layer's weights
+    changed = neuron_output_name(model, layer) if kind == "pruning" else layer
+    measure = candidate_measure(model, x, y, cfg.eval_batch_size, changed)
     if kind == "pruning":
         accs = pruning_accuracies(model, list(order), [int(c) for c in candidates], layer,
                                   layer_neurons(model, layer), measure)

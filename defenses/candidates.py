@@ -2,7 +2,8 @@
 
 The server (on its validation set) and the clients (on their local data) measure
 candidates with the same code: each context manager changes the model, yields, and
-restores it.
+restores it.  A client measures its whole data set at every candidate, so it runs the
+part of a chain model before the changed module once (``candidate_measure``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 
 from fl_backdoor.masks import current_mask, install_mask, mask_on
-from fl_backdoor.training import layer_weight
+from fl_backdoor.models.chain import ChainNet
+from fl_backdoor.training import layer_weight, predict
 
 from .extreme_weights import WeightStats, zero_extreme_weights
 from .neuron_ranking import mask_for
@@ -41,6 +43,35 @@ def extreme_weights_zeroed(model: nn.Module, layer: str, stats: WeightStats, del
     finally:
         with torch.no_grad():
             weight.copy_(saved)
+
+
+def candidate_measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                      first: str) -> Callable[[nn.Module], float]:
+    """``accuracy`` of ``model`` on (x, y), for candidates that change only ``first`` and what runs after it.
+
+    For a chain model the part before ``first`` runs here, once; each call runs the rest on its
+    stored outputs, with the same batches, so it returns what ``accuracy(model, x, y)`` would,
+    bit for bit.  Other models are measured whole.  The measure is only valid for ``model``.
+    """
+    if isinstance(model, ChainNet) and y.shape[0]:
+        head, tail = model.cut_before(first)
+        model.eval()
+        with torch.no_grad():
+            heads = [head(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+
+        def predictions() -> torch.Tensor:
+            model.eval()
+            with torch.no_grad():
+                return torch.cat([tail(h).argmax(1) for h in heads])
+    else:
+        def predictions() -> torch.Tensor:
+            return predict(model, x, batch_size)
+
+    def measure(m: nn.Module) -> float:
+        if m is not model:
+            raise ValueError("candidate_measure: the measure belongs to another model")
+        return float((predictions() == y).float().mean()) if y.shape[0] else 0.0
+    return measure
 
 
 def pruning_accuracies(model: nn.Module, order: Sequence[int], levels: Sequence[int], layer: str, size: int,

@@ -47,11 +47,15 @@ class NeuronMask:
         return cls(str(data["layer"]), int(data["size"]), tuple(int(i) for i in data["pruned"]))
 
 
-def neuron_output_module(model: nn.Module, layer: str) -> nn.Module:
-    """The module whose output holds ``layer``'s neuron activations (``model.neuron_outputs[layer]``)."""
+def neuron_output_name(model: nn.Module, layer: str) -> str:
+    """Name of the module whose output holds ``layer``'s neuron activations (``model.neuron_outputs[layer]``)."""
     # an attribute every model sets (fl_backdoor.models); nn.Module types unknown attributes as Tensor | Module
-    outputs = cast("Mapping[str, str]", model.neuron_outputs)
-    return model.get_submodule(outputs[layer])
+    return cast("Mapping[str, str]", model.neuron_outputs)[layer]
+
+
+def neuron_output_module(model: nn.Module, layer: str) -> nn.Module:
+    """The module whose output holds ``layer``'s neuron activations."""
+    return model.get_submodule(neuron_output_name(model, layer))
 
 
 def install_mask(model: nn.Module, mask: NeuronMask | None) -> nn.Module:

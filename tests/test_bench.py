@@ -38,3 +38,18 @@ def test_the_aggregator_benchmark_times_every_rule_against_fedavg(data_dir) -> N
                "foolsgold", "dp-fixed-clip"}
     assert set(rows[1:]) == shipped and shipped <= set(AGGREGATORS.names())
     assert "| paper | " in out and "| 1.0 |" in out
+
+
+def test_the_candidate_benchmark_checks_the_cut_model_against_the_whole_one(data_dir) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "experiments" / "bench_candidates.py"), "--repeats", "1",
+                          "-c", "dataset=mnist", "-c", "data-fraction=0.02", "-c", f"data-dir={data_dir}"],
+                         capture_output=True, text=True, timeout=300, check=True, cwd=root).stdout
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    # levels 0..49 of mnist-cnn's 50 conv2 neurons, and AW's Deltas 10, 9.75, ..., 0.5
+    assert rows == {"candidates": "count", "pruning": "50", "aw": "39"}

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from clients.local_training import run_local_job
-from defenses.candidates import extreme_weights_zeroed, pruned
+from defenses.candidates import aw_accuracies, candidate_measure, extreme_weights_zeroed, pruned, pruning_accuracies
 from defenses.extreme_weights import delta_schedule, extreme_mask, weight_stats, zero_extreme_weights
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.masks import NeuronMask, install_mask
-from fl_backdoor.models import build_model
+from fl_backdoor.models import build_model, layer_neurons
+from fl_backdoor.training import accuracy, layer_weight
 
 
 def activations(model, layer, x):
@@ -116,3 +117,41 @@ def test_aw_candidate_context_restores_weights():
 
 def test_delta_schedule():
     assert delta_schedule(5.0, 0.25, 4.0) == [5.0, 4.75, 4.5, 4.25, 4.0]
+
+
+@pytest.mark.parametrize("values", [{"dataset": "fashion-mnist"}, {"dataset": "mnist"},
+                                    {"dataset": "cifar10", "model-widths": "4,4,8,8,8,8,8,8"},
+                                    {"dataset": "cifar10", "model": "resnet18-slim", "model-widths": "4,4,8,8"}])
+def test_candidate_measure_equals_whole_model_accuracy_at_every_pruning_level_and_delta(values):
+    cfg = ExperimentConfig.from_flat(values)
+    torch.manual_seed(3)
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # zero-mean filters and no biases: a random net whose predictions vary with x
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                module.weight -= module.weight.mean(dim=tuple(range(1, module.weight.dim())), keepdim=True)
+                if module.bias is not None:
+                    module.bias.zero_()
+    size, channels = (32, 3) if cfg.dataset == "cifar10" else (28, 1)
+    x = torch.rand(250, channels, size, size)
+    y = model(x).argmax(1)
+    y[::4] = (y[::4] + 1) % 10
+    layer = model.last_conv
+    n = layer_neurons(model, layer)
+    order = torch.randperm(n).tolist()
+    levels = [0, 1, n // 4, n // 2, n - 1]
+    stats = weight_stats(layer_weight(model, layer), None, "kept")
+    deltas = [3.0, 1.0, 0.5, 0.2]
+
+    def whole(m):
+        return accuracy(m, x, y, 64)
+
+    pruning = candidate_measure(model, x, y, 64, model.neuron_outputs[layer])
+    got = pruning_accuracies(model, order, levels, layer, n, pruning)
+    assert got == pruning_accuracies(model, order, levels, layer, n, whole)
+    aw = candidate_measure(model, x, y, 64, layer)
+    got_aw = aw_accuracies(model, layer, stats, deltas, aw)
+    assert got_aw == aw_accuracies(model, layer, stats, deltas, whole)
+    assert len(set(got)) > 1 and len(set(got_aw)) > 1  # the candidates do change the predictions
+    with pytest.raises(ValueError, match="another model"):
+        pruning(build_model(cfg))

@@ -33,3 +33,28 @@ def test_wrong_widths_and_layers_are_config_errors():
     model = build_model(ExperimentConfig())
     with pytest.raises(ConfigError, match="pruning-layer"):
         resolve_layer(model, "features.pool1")
+
+
+@pytest.mark.parametrize("values", [{"dataset": "mnist"}, {"dataset": "fashion-mnist"},
+                                    {"dataset": "fashion-mnist", "model": "fmnist-cnn-ceil"},
+                                    {"dataset": "cifar10", "model-widths": "4,4,8,8,8,8,8,8"}])
+def test_a_chain_model_cut_before_any_module_computes_the_same_outputs(values):
+    cfg = ExperimentConfig.from_flat(values)
+    model = build_model(cfg).eval()
+    size, channels = (32, 3) if cfg.dataset == "cifar10" else (28, 1)
+    x = torch.rand(5, channels, size, size)
+    whole = model(x)
+    chains = {"features": model.features, "classifier": model.classifier}
+    names = [f"{part}.{name}" for part, chain in chains.items() if isinstance(chain, nn.Sequential)
+             for name in chain._modules]
+    assert len(names) >= 7
+    for name in names:
+        head, tail = model.cut_before(name)
+        assert torch.equal(tail(head(x)), whole), name
+    with pytest.raises(ValueError, match=r"features\.conv9"):
+        model.cut_before("features.conv9")
+
+
+def test_residual_models_are_not_chains():
+    model = build_model(ExperimentConfig.from_flat({"dataset": "cifar10", "model": "resnet18-slim"}))
+    assert not hasattr(model, "cut_before")

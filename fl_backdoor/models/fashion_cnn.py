@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
 from . import MODELS
+from .chain import ChainNet
 
 
-class FashionCNN(nn.Module):
+class FashionCNN(ChainNet):
     """3 conv + 2 fc for Fashion-MNIST.
 
     conv3's output is 7x7; the third 2x2 pooling drops its row and column 6 (3x3 to the
@@ -33,10 +33,6 @@ class FashionCNN(nn.Module):
         self.last_conv = "features.conv3"
         self.neuron_outputs = {"features.conv1": "features.relu1", "features.conv2": "features.relu2",
                                "features.conv3": "features.relu3", "classifier.fc1": "classifier.relu4"}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
-
 
 @MODELS.register("fmnist-cnn", channels=1, size=28, widths=3)
 def fmnist_cnn(widths: tuple[int, ...]) -> nn.Module:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
 from . import MODELS
+from .chain import ChainNet
 
 
-class MnistCNN(nn.Module):
+class MnistCNN(ChainNet):
     """2 conv + 2 fc for MNIST; widths (c1, c2) and fc units configurable.
 
     The paper's small net is (8, 16), its large one and the DBA reference (20, 50)
@@ -30,10 +30,6 @@ class MnistCNN(nn.Module):
         self.last_conv = "features.conv2"
         self.neuron_outputs = {"features.conv1": "features.relu1", "features.conv2": "features.relu2",
                                "classifier.fc1": "classifier.relu3"}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
-
 
 @MODELS.register("mnist-cnn", channels=1, size=28, widths=2)
 def mnist_cnn(widths: tuple[int, ...]) -> nn.Module:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
 from ..errors import ConfigError
 from . import MODELS
+from .chain import ChainNet
 
 _VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
-class VGG11(nn.Module):
+class VGG11(ChainNet):
     """VGG11 with BatchNorm sized for 32x32 inputs (the paper's CIFAR-10 model)."""
 
     def __init__(self, widths: tuple[int, ...] = (), num_classes: int = 10) -> None:
@@ -42,10 +42,6 @@ class VGG11(nn.Module):
         self.features = nn.Sequential(layers)
         self.classifier = nn.Linear(channels, num_classes)
         self.last_conv = f"features.conv{conv}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
-
 
 @MODELS.register("vgg11", channels=3, size=32)
 def vgg11(widths: tuple[int, ...]) -> nn.Module:
