@@ -43,19 +43,9 @@ from server_strategies.server_run import GlobalModel, RunState, ServerRun
 def initial_model(cfg: ExperimentConfig) -> GlobalModel:
     """A freshly seeded model, or the model of init-checkpoint (its round and mask included)."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
-    gm = GlobalModel(model)
+    gm = GlobalModel(build_model(cfg))
     if cfg.init_checkpoint:
-        data = load_checkpoint(cfg.init_checkpoint)
-        try:
-            model.load_state_dict(data["state_dict"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"init-checkpoint: {cfg.init_checkpoint} does not fit model "
-                                  f"{cfg.model_name}: {str(exc).splitlines()[0]}") from None
-        gm.round = int(data.get("round", 0))
-        if data.get("mask"):
-            gm.set_mask(NeuronMask.from_dict(data["mask"]))
-        gm.aggregator_memory = dict(data.get("aggregator_memory") or {})
+        restore(gm, Path(cfg.init_checkpoint), "init-checkpoint", cfg.model_name)
     return gm
 
 
@@ -86,7 +76,7 @@ def prepare_run(grid: Grid, cfg: ExperimentConfig) -> ServerRun:
         continuing = cfg.resume and run_dir.checkpoint("latest").is_file()
         state = RunState.load(run_dir) if continuing else RunState(gm.round, gm.round + cfg.num_rounds)
         if continuing:
-            restore(gm, run_dir.checkpoint("latest"))
+            restore(gm, run_dir.checkpoint("latest"), "resume", cfg.model_name)
             print(f"resuming {run_dir.path} after round {gm.round} (steps done: {', '.join(state.done) or 'none'})",
                   flush=True)
         elif cfg.resume:
@@ -106,11 +96,16 @@ def prepare_run(grid: Grid, cfg: ExperimentConfig) -> ServerRun:
     return run
 
 
-def restore(gm: GlobalModel, path: Path) -> None:
-    """Load a run's own checkpoint (weights, round, mask) into the global model."""
+def restore(gm: GlobalModel, path: Path, key: str, model_name: str) -> None:
+    """Load a checkpoint (weights, round, mask, aggregator memory) into the global model; ``key`` names
+    the setting that pointed at it in the error of a checkpoint that does not fit the model."""
     data = load_checkpoint(path)
-    gm.model.load_state_dict(data["state_dict"])
-    gm.round = int(data["round"])
+    try:
+        gm.model.load_state_dict(data["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{key}: {path} does not fit model {model_name}: "
+                              f"{str(exc).splitlines()[0]}") from None
+    gm.round = int(data.get("round", 0))
     gm.set_mask(NeuronMask.from_dict(data["mask"]) if data.get("mask") else None)
     gm.aggregator_memory = dict(data.get("aggregator_memory") or {})
 

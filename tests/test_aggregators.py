@@ -189,6 +189,17 @@ def test_foolsgold_compares_the_histories_not_the_round():
         fg(record(w=np.zeros(2**26)), same[:1], cfg.replace(num_clients=5), clients=[0], memory={})
 
 
+def test_foolsgold_output_features_are_the_last_weight_matrix_only():
+    g = record(w1=np.zeros((2, 3)), b1=np.zeros(3), w2=np.zeros((2, 2)), b2=np.zeros(2))
+    local = [record(w1=np.full((2, 3), i), b1=np.full(3, i), w2=np.arange(4.0).reshape(2, 2) * (i + 1),
+                    b2=np.full(2, 9.0)) for i in range(2)]
+    memory: dict = {}
+    cfg = ExperimentConfig.from_flat({"num-clients": 2, "foolsgold-features": "output"})
+    AGGREGATORS["foolsgold"](g, local, cfg, clients=[4, 7], memory=memory)
+    assert {k: v.tolist() for k, v in memory.items()} == {"foolsgold/4": [0.0, 1.0, 2.0, 3.0],
+                                                          "foolsgold/7": [0.0, 2.0, 4.0, 6.0]}
+
+
 def test_foolsgold_histories_survive_a_continuation_from_the_checkpoint(data_dir, tmp_path):
     import torch
 

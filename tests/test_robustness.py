@@ -147,6 +147,21 @@ def test_a_checkpoint_that_holds_objects_is_not_unpickled(tmp_path):
     assert load_checkpoint(path)["round"] == 3
 
 
+def test_a_checkpoint_of_another_model_is_one_error_naming_the_setting(tmp_path):
+    from fl_backdoor.models import build_model
+    from fl_backdoor.run_dir import CheckpointError, save_checkpoint
+    from server_strategies.pipeline import initial_model
+
+    path = tmp_path / "mnist.pt"
+    mnist = ExperimentConfig.from_flat({"dataset": "mnist"})
+    save_checkpoint(path, build_model(mnist).state_dict(), round=7, mask={"layer": "features.conv2", "size": 50,
+                                                                           "pruned": [3]})
+    gm = initial_model(mnist.replace(init_checkpoint=str(path)))
+    assert gm.round == 7 and gm.mask is not None and gm.mask.pruned == (3,)
+    with pytest.raises(CheckpointError, match=r"^init-checkpoint: .*mnist\.pt does not fit model fmnist-cnn: "):
+        initial_model(ExperimentConfig.from_flat({"dataset": "fashion-mnist", "init-checkpoint": str(path)}))
+
+
 def test_duplicated_unexpected_failed_and_lost_replies_are_each_counted(monkeypatch):
     from flwr.app import Error, Message, MetricRecord, RecordDict
     from flwr.common.constant import ErrorCode

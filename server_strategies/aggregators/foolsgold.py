@@ -33,7 +33,7 @@ from sklearn.metrics.pairwise import cosine_similarity
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.errors import ConfigError
 
-from . import AGGREGATORS, Aggregate, apply_update, flat_updates, flatten
+from . import AGGREGATORS, Aggregate, apply_update, flat_updates
 
 MAX_HISTORY_BYTES = 2**30
 
@@ -55,10 +55,15 @@ def foolsgold_weights(histories: np.ndarray, confidence: float = 1.0) -> np.ndar
     return np.clip(np.nan_to_num(alpha, posinf=1.0, neginf=0.0), 0.0, 1.0)
 
 
-def feature_names(global_arrays: ArrayRecord, features: str) -> list[str]:
-    """The arrays FoolsGold compares: all of them, or the last layer's weight (the last array of 2+ dims)."""
-    names = list(global_arrays.keys())
-    return names if features == "all" else [[n for n in names if global_arrays[n].numpy().ndim >= 2][-1]]
+def feature_columns(global_arrays: ArrayRecord, features: str) -> slice:
+    """The columns of ``flat_updates`` FoolsGold compares: all, or the last layer's weight (last array of 2+ dims)."""
+    sizes = {name: array.numpy().size for name, array in global_arrays.items()}
+    if features == "all":
+        return slice(0, sum(sizes.values()))
+    names = list(sizes)
+    last = [n for n in names if global_arrays[n].numpy().ndim >= 2][-1]
+    start = sum(sizes[n] for n in names[:names.index(last)])
+    return slice(start, start + sizes[last])
 
 
 @AGGREGATORS.register("foolsgold", memory=True)
@@ -67,19 +72,19 @@ def foolsgold(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: Experim
     """The mean of the updates, each weighted by FoolsGold's alpha from the clients' update histories."""
     clients = list(range(len(local))) if clients is None else clients
     memory = {} if memory is None else memory
-    names = feature_names(global_arrays, cfg.foolsgold_features)
-    g = flatten(global_arrays, names)
-    if cfg.num_clients * g.size * 4 > MAX_HISTORY_BYTES:
-        raise ConfigError(f"foolsgold-features: the histories of {cfg.num_clients} clients x {g.size} parameters "
-                          f"would take {cfg.num_clients * g.size * 4 / 2**30:.1f} GiB in every checkpoint; "
+    columns = feature_columns(global_arrays, cfg.foolsgold_features)
+    width = columns.stop - columns.start
+    if cfg.num_clients * width * 4 > MAX_HISTORY_BYTES:
+        raise ConfigError(f"foolsgold-features: the histories of {cfg.num_clients} clients x {width} parameters "
+                          f"would take {cfg.num_clients * width * 4 / 2**30:.1f} GiB in every checkpoint; "
                           f"use foolsgold-features=output")
-    for c, arrays in zip(clients, local, strict=True):
-        update = torch.from_numpy((flatten(arrays, names) - g).astype(np.float32))
+    updates = flat_updates(global_arrays, local)
+    for c, row in zip(clients, updates, strict=True):
+        update = torch.from_numpy(row[columns].astype(np.float32))
         memory[f"foolsgold/{c}"] = memory[f"foolsgold/{c}"] + update if f"foolsgold/{c}" in memory else update
     histories = np.stack([memory[f"foolsgold/{c}"].numpy().astype(np.float64) for c in clients])
     alpha = foolsgold_weights(histories, cfg.foolsgold_confidence)
     if not alpha.any():
         return Aggregate.unchanged(global_arrays, len(local), "foolsgold: every client weighed 0")
-    updates = flat_updates(global_arrays, local)
     return Aggregate(apply_update(global_arrays, (alpha[:, None] * updates).mean(axis=0)),
                      tuple(float(a) for a in alpha))
