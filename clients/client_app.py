@@ -71,7 +71,8 @@ def train(msg: Message, context: Context) -> Message:
     key = f"client-memory-{req.client_id}"  # a node may play several logical clients
     memory = context.state.array_records[key].to_torch_state_dict() if key in context.state.array_records else {}
     result = run_local_job(req.cfg, req.client_id, req.state, protocol.number(req.config, "server-round", int),
-                           str(req.config.get("phase", "train")), req.mask, memory)
+                           str(req.config.get("phase", "train")), req.mask, memory,
+                           sharpness_aware=bool(req.config.get("sharpness-aware", False)))
     if memory:
         context.state[key] = ArrayRecord(memory)
     return reply(msg, {"num-examples": result.stats.num_examples, "train-loss": result.stats.loss}, result.state)

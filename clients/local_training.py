@@ -28,10 +28,11 @@ class LocalResult:
     attacked: bool
 
 
-def benign_settings(cfg: ExperimentConfig, server_round: int = 1) -> SGDSettings:
-    """The optimiser of an honest client in a round."""
+def benign_settings(cfg: ExperimentConfig, server_round: int = 1, sharpness_aware: bool = False) -> SGDSettings:
+    """The optimiser of an honest client in a round; ``sharpness_aware``: SAM steps of radius sam-rho."""
     return SGDSettings(lr=cfg.lr * cfg.lr_decay ** (server_round - 1), epochs=cfg.local_epochs,
-                       batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                       batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                       sam_rho=cfg.sam_rho if sharpness_aware else 0.0, sam_adaptive=cfg.sam_adaptive)
 
 
 def job_generator(cfg: ExperimentConfig, client_id: int, server_round: int, phase: str) -> torch.Generator:
@@ -43,10 +44,11 @@ def job_generator(cfg: ExperimentConfig, client_id: int, server_round: int, phas
 
 def run_local_job(cfg: ExperimentConfig, client_id: int, global_state: dict[str, torch.Tensor],
                   server_round: int, phase: str = "train", mask: NeuronMask | None = None,
-                  memory: dict[str, torch.Tensor] | None = None) -> LocalResult:
+                  memory: dict[str, torch.Tensor] | None = None, sharpness_aware: bool = False) -> LocalResult:
     """Train the global model on this client's data; the client's behaviours shape data, training and reply.
 
-    ``memory`` is the client's store across jobs, changed in place by behaviours that keep one.
+    ``memory`` is the client's store across jobs, changed in place by behaviours that keep one;
+    ``sharpness_aware`` makes the honest optimiser SAM's (the finetune-sam phase).
     """
     conduct = conduct_of(cfg, client_id)
     job = conduct.job(cfg, client_id, server_round, phase, memory)
@@ -54,7 +56,7 @@ def run_local_job(cfg: ExperimentConfig, client_id: int, global_state: dict[str,
     device = pick_device(cfg.device)
     model = client_model(cfg, global_state, mask)
     x, y = client_data(cfg, client_id, device)
-    plan = conduct.training(job, TrainingPlan(x, y, benign_settings(cfg, server_round)), model, mask)
+    plan = conduct.training(job, TrainingPlan(x, y, benign_settings(cfg, server_round, sharpness_aware)), model, mask)
     extra = l2_on_layer(str(model.last_conv), cfg.last_conv_l2) if cfg.last_conv_l2 > 0 else None
     stats = train(model, plan.x, plan.y, plan.settings, job_generator(cfg, client_id, server_round, phase),
                   batch_transform=plan.transform, extra_loss=extra, after_step=plan.after_step)

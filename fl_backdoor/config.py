@@ -17,6 +17,7 @@ import difflib
 import hashlib
 import importlib
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,6 +297,13 @@ class ExperimentConfig:
         "training), poison (gamma 1) or benign (train honestly).",
         choices=FINETUNE_ATTACKS,
     )
+    sam_rho: float = _opt("cleansing", 2.0, "finetune-sam: radius rho of the weight perturbation (FT-SAM's "
+                                            "BackdoorBench setting, 2.0, with adaptive SAM).", added=True)
+    sam_adaptive: bool = _opt("cleansing", True, "finetune-sam: adaptive SAM (perturbation scaled by |w|, "
+                                                 "Kwon et al. 2021) as FT-SAM uses; false = plain SAM.", added=True)
+    clp_u: float = _opt("cleansing", 3.0, "clp: prune the channels whose Lipschitz upper bound exceeds "
+                                          "mean + u std of their layer (3, as BackdoorBench's CLP configuration).",
+                         added=True)
     aw_delta: float = _opt(
         "cleansing", 0.0, "Fixed AW threshold Delta (the paper's fixed value is 3); 0 = adaptive search."
     )
@@ -562,6 +570,8 @@ class ExperimentConfig:
             _check(0.0 <= value <= 1.0, key.replace("_", "-"), f"must be in [0, 1], got {value}")
         _check(self.curve_points >= 0, "curve-points", f"must be >= 0, got {self.curve_points}")
         _check(self.finetune_rounds >= 0, "finetune-rounds", f"must be >= 0, got {self.finetune_rounds}")
+        _check(math.isfinite(self.sam_rho) and self.sam_rho > 0, "sam-rho", f"must be > 0, got {self.sam_rho}")
+        _check(math.isfinite(self.clp_u), "clp-u", f"must be a finite number, got {self.clp_u}")
         _check(self.finetune_patience >= 1, "finetune-patience", f"must be >= 1, got {self.finetune_patience}")
         _check(self.aw_delta >= 0, "aw-delta", f"must be >= 0, got {self.aw_delta}")
         _check(self.aw_delta_step > 0, "aw-delta-step", f"must be > 0, got {self.aw_delta_step}")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar, overload
+from functools import partial
+from typing import TypeVar, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,8 @@ class SGDSettings:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_milestones: tuple[int, ...] = ()  # epochs after which lr is multiplied by 0.1
+    sam_rho: float = 0.0  # > 0: sharpness-aware steps of this radius (sharpness_aware_gradients)
+    sam_adaptive: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,37 @@ class TrainStats:
     loss: float
     num_examples: int
     num_steps: int
+
+
+def batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, extra_loss: LossTerm | None) -> torch.Tensor:
+    """Cross-entropy of one batch, plus the extra loss term if any."""
+    loss = F.cross_entropy(model(xb), yb)
+    return loss + extra_loss(model) if extra_loss is not None else loss
+
+
+def sharpness_aware_gradients(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], rho: float,
+                              adaptive: bool) -> None:
+    """Turn the gradients g of ``loss_fn`` at w (already in ``.grad``) into its gradients at w + eps.
+
+    eps = rho g / ||g|| (SAM, Foret et al., ICLR 2021), or with ``adaptive``
+    eps = rho T^2 g / ||T g||, T = diag(|w|) (ASAM, Kwon et al., ICML 2021, as FT-SAM uses).
+    The weights are left exactly as they were; the optimiser then steps with the new gradients.
+    """
+    params = [p for p in params if p.grad is not None]
+    grads = [cast("torch.Tensor", p.grad) for p in params]
+    with torch.no_grad():
+        scaled = [p.abs() * g if adaptive else g for p, g in zip(params, grads, strict=True)]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in scaled]))
+        scale = rho / (norm + 1e-12)
+        saved = [p.detach().clone() for p in params]
+        for p, t in zip(params, scaled, strict=True):
+            p.add_((p.abs() * t if adaptive else t) * scale)
+    for p in params:
+        p.grad = None
+    loss_fn().backward()
+    with torch.no_grad():
+        for p, w in zip(params, saved, strict=True):
+            p.copy_(w)
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: SGDSettings,
@@ -64,10 +98,11 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: SGDSetti
             if batch_transform is not None:
                 xb, yb = batch_transform(xb, yb)
             optimiser.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
-            if extra_loss is not None:
-                loss = loss + extra_loss(model)
+            loss = batch_loss(model, xb, yb, extra_loss)
             loss.backward()
+            if settings.sam_rho > 0:
+                sharpness_aware_gradients(list(model.parameters()), partial(batch_loss, model, xb, yb, extra_loss),
+                                          settings.sam_rho, settings.sam_adaptive)
             optimiser.step()
             if after_step is not None:
                 after_step(model)

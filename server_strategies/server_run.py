@@ -128,13 +128,16 @@ class ServerRun:
         parts.append(f"{row['seconds']:.1f}s")
         print("  ".join(parts), flush=True)
 
-    def federated_round(self, phase: str, server_round: int, evaluate: bool = True) -> dict[str, Any]:
-        """One FedAvg round of a phase ('train' or 'finetune'): aggregate, evaluate, record, checkpoint."""
+    def federated_round(self, phase: str, server_round: int, evaluate: bool = True,
+                        entries: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One FedAvg round of a phase ('train' or 'finetune'): aggregate, evaluate, record, checkpoint.
+
+        ``entries`` go to every client with the model (e.g. fine-tuning's optimiser)."""
         cfg, gm, federation = self.cfg, self.global_model, self.federation
         started = time.perf_counter()
         clients = federation.sample(server_round, phase)
         arrays = gm.arrays()
-        valid = federation.ask(clients, MessageType.TRAIN, arrays, {}, server_round, phase, gm.mask,
+        valid = federation.ask(clients, MessageType.TRAIN, arrays, entries or {}, server_round, phase, gm.mask,
                                model_checker(arrays))
         detection: dict[str, Any] = {}  # the aggregation's seconds, and whom it flagged
         if len(valid) < cfg.min_replies:

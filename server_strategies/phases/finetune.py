@@ -1,4 +1,11 @@
-"""Federated fine-tuning (Sec. IV-B): FedAvg rounds on the pruned model, mask enforced, attackers taking part."""
+"""Federated fine-tuning (Sec. IV-B): FedAvg rounds on the pruned model, mask enforced, attackers taking part.
+
+``finetune-sam`` is the same phase with the honest clients' optimiser replaced by
+sharpness-aware minimization: FT-SAM (Zhu et al., ICCV 2023) run federated.  Each
+honest client takes SAM steps of radius ``sam-rho`` (adaptive SAM with ``sam-adaptive``,
+as FT-SAM does) on its own data; the server aggregates as in plain fine-tuning.  The
+round's message carries ``sharpness-aware = true`` and nothing else changes on the wire.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,17 @@ if TYPE_CHECKING:
 
 @PHASES.register("finetune")
 def finetune(ctx: Cleansing, result: str) -> None:
+    """FedAvg rounds on the pruned model until clean accuracy stops improving (``fine_tune``)."""
+    fine_tune(ctx, result, sharpness_aware=False)
+
+
+@PHASES.register("finetune-sam")
+def finetune_sam(ctx: Cleansing, result: str) -> None:
+    """Fine-tuning in which honest clients minimise sharpness-aware loss (FT-SAM, federated)."""
+    fine_tune(ctx, result, sharpness_aware=True)
+
+
+def fine_tune(ctx: Cleansing, result: str, sharpness_aware: bool) -> None:
     """FedAvg rounds on the pruned model until clean accuracy stops improving.
 
     The model that goes on is the last one (finetune-keep = last, as Algorithm 1's
@@ -43,7 +61,7 @@ def finetune(ctx: Cleansing, result: str) -> None:
         # killed after a round's model was saved but before its accuracy was recorded: record it now
         record(ctx.model_accuracy())
     while not rule.stop:
-        run.federated_round("finetune", gm.round + 1)
+        run.federated_round("finetune", gm.round + 1, entries={"sharpness-aware": True} if sharpness_aware else None)
         record(ctx.model_accuracy())
     kept_round = rule.kept_round(cfg.finetune_keep)
     if keep_best:
@@ -51,5 +69,5 @@ def finetune(ctx: Cleansing, result: str) -> None:
     state.finetune = {}  # saved when the step completes; a later fine-tuning step starts afresh
     ctx.finish(result, rounds=rule.rounds, best_round=rule.best_round, kept_round=kept_round, best_accuracy=rule.best,
                keep=cfg.finetune_keep,
-               note=f"fine-tuned {rule.rounds} rounds (best validation in round {rule.best_round}), "
-                    f"kept the model of round {kept_round}")
+               note=f"{'SAM ' if sharpness_aware else ''}fine-tuned {rule.rounds} rounds "
+                    f"(best validation in round {rule.best_round}), kept the model of round {kept_round}")

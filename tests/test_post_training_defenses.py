@@ -1,0 +1,104 @@
+"""Post-training defenses beyond dormant neurons (CLP, FT-SAM): exact arithmetic, then through Flower."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from defenses.clp import channel_lipschitz, clp_prune, conv_bn_pairs
+from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.models import build_model
+from fl_backdoor.run_dir import load_checkpoint, read_csv
+from fl_backdoor.training import sharpness_aware_gradients
+from server_strategies.simulation import run_simulation
+
+
+def test_clp_bound_is_the_spectral_norm_of_each_channel_kernel_times_the_batch_norm_scale():
+    conv = nn.Conv2d(2, 3, (1, 2), bias=False)
+    with torch.no_grad():  # channel k's kernel reshaped to in x (kh kw) is the 2x2 matrix below
+        conv.weight.copy_(torch.tensor([[[[3.0, 0.0]], [[0.0, 4.0]]],      # diag(3, 4): sigma_max 4
+                                        [[[1.0, 1.0]], [[1.0, 1.0]]],      # all ones: sigma_max 2
+                                        [[[0.0, 0.0]], [[0.0, 0.5]]]]))    # one entry: 0.5
+    assert channel_lipschitz(conv, None).tolist() == pytest.approx([4.0, 2.0, 0.5])
+    bn = nn.BatchNorm2d(3, eps=1.0)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, -2.0, 1.0]))
+        bn.running_var.copy_(torch.tensor([3.0, 0.0, 8.0]))  # scales |gamma| / sqrt(var + eps) = 1/2, 2, 1/3
+    assert channel_lipschitz(conv, bn).tolist() == pytest.approx([2.0, 4.0, 0.5 / 3])
+
+
+def test_clp_prunes_channels_above_mean_plus_u_sample_std_and_silences_them():
+    def layer(bn: bool) -> nn.Module:
+        model = nn.Sequential(nn.Conv2d(1, 5, 1), *([nn.BatchNorm2d(5)] if bn else []), nn.ReLU())
+        with torch.no_grad():
+            model[0].weight.copy_(torch.tensor([1.0, -1.0, 1.0, 1.0, 10.0]).view(5, 1, 1, 1))
+            model[0].bias.fill_(0.5)
+        return model.eval()
+
+    # bounds 1, 1, 1, 1, 10: mean 2.8, sample std sqrt(16.2) = 4.025; u = 1 -> 6.82 (channel 4), u = 3 -> 14.9
+    assert clp_prune(layer(False), 3.0) == {}
+    plain = layer(False)
+    assert clp_prune(plain, 1.0) == {"0": [4]}
+    assert plain[0].weight.flatten().tolist() == [1.0, -1.0, 1.0, 1.0, 0.0] and plain[0].bias[4] == 0
+    assert torch.all(plain(torch.rand(2, 1, 3, 3))[:, 4] == 0), "the channel outputs zero"
+    with_bn = layer(True)
+    assert clp_prune(with_bn, 1.0) == {"0": [4]}
+    assert with_bn[1].weight[4] == 0 and with_bn[1].bias[4] == 0 and with_bn[0].weight[4].item() == 10.0
+    assert torch.all(with_bn(torch.rand(2, 1, 3, 3))[:, 4] == 0)
+
+
+def test_every_conv_is_paired_with_the_batch_norm_right_after_it():
+    resnet = build_model(ExperimentConfig.from_flat({"dataset": "cifar10", "model": "resnet18-slim"}))
+    pairs = {name: bn for name, _, bn in conv_bn_pairs(resnet)}
+    assert len(pairs) == 20 and all(bn is not None for bn in pairs.values())  # 17 convs + 3 shortcut convs
+    assert pairs["layer2.0.shortcut.0"] is resnet.get_submodule("layer2.0.shortcut.1")
+    fashion = build_model(ExperimentConfig.from_flat({"dataset": "fashion-mnist"}))
+    assert [(name, bn) for name, _, bn in conv_bn_pairs(fashion)] == [
+        ("features.conv1", None), ("features.conv2", None), ("features.conv3", None)]
+
+
+@pytest.mark.parametrize("adaptive, eps", [(False, [0.3, 0.4]),
+                                           (True, [0.5 * 27 / math.sqrt(337), 0.5 * 64 / math.sqrt(337)])])
+def test_the_sam_step_takes_the_gradient_at_w_plus_rho_g_over_its_norm(adaptive, eps):
+    w = torch.tensor([3.0, 4.0], requires_grad=True)
+
+    def loss():  # 0.5 ||w||^2: the gradient at any point is the point itself
+        return 0.5 * (w ** 2).sum()
+
+    loss().backward()
+    sharpness_aware_gradients([w], loss, 0.5, adaptive)
+    # SAM: eps = rho g / ||g|| = 0.5 (3, 4) / 5; ASAM: eps = rho |w|^2 g / || |w| g || = 0.5 (27, 64) / sqrt(337)
+    assert w.grad.tolist() == pytest.approx([3.0 + eps[0], 4.0 + eps[1]], rel=1e-6)
+    assert w.tolist() == [3.0, 4.0], "the weights are restored exactly"
+
+
+def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
+    small = {"dataset": "mnist", "num-clients": 4, "labels-per-client": 10, "data-fraction": 0.05,
+             "test-subset": 500, "lr": 0.05, "poison-lr": 0.05, "poison-epochs": 2, "trigger": "pixel-9",
+             "num-rounds": 2, "finetune-rounds": 2, "finetune-patience": 2, "curve-points": 0,
+             "data-dir": data_dir, "output-dir": str(tmp_path)}
+    trained = run_simulation(ExperimentConfig.from_flat({**small, "run-name": "trained"}))
+    runs = {}
+    for defense in ("clp,finetune-sam", "clp,finetune"):
+        cfg = ExperimentConfig.from_flat({**small, "defense": defense, "clp-u": 1.0, "num-rounds": 0,
+                                          "init-checkpoint": str(trained / "checkpoints" / "trained.pt"),
+                                          "run-name": defense.replace(",", "-")})
+        runs[defense] = run_simulation(cfg)
+    results = json.loads((runs["clp,finetune-sam"] / "results.json").read_text())["phases"]
+    assert set(results) == {"training", "clp", "clp+finetune-sam"}
+    layers = results["clp"]["clp_channels"]
+    assert results["clp"]["clp_pruned"] == sum(map(len, layers.values())) > 0
+    after_clp = load_checkpoint(runs["clp,finetune-sam"] / "checkpoints" / "clp.pt")["state_dict"]
+    for name, channels in layers.items():  # mnist-cnn has no batch norm: the kernels and biases are zeroed
+        assert torch.all(after_clp[f"{name}.weight"][channels] == 0)
+        assert torch.all(after_clp[f"{name}.bias"][channels] == 0)
+    assert results["clp+finetune-sam"]["rounds"] == 2
+    rows = read_csv(runs["clp,finetune-sam"] / "metrics.csv")
+    assert [r["phase"] for r in rows].count("finetune") == 2
+    sam = load_checkpoint(runs["clp,finetune-sam"] / "checkpoints" / "clp+finetune-sam.pt")["state_dict"]
+    plain = load_checkpoint(runs["clp,finetune"] / "checkpoints" / "clp+finetune.pt")["state_dict"]
+    same_start = load_checkpoint(runs["clp,finetune"] / "checkpoints" / "clp.pt")["state_dict"]
+    assert all(torch.equal(after_clp[k], same_start[k]) for k in after_clp), "CLP is deterministic"
+    assert any(not torch.equal(sam[k], plain[k]) for k in sam), "the clients took SAM steps"
