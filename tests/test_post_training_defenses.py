@@ -32,9 +32,8 @@ def test_clp_bound_is_the_spectral_norm_of_each_channel_kernel_times_the_batch_n
 def test_clp_prunes_channels_above_mean_plus_u_sample_std_and_silences_them():
     def layer(bn: bool) -> nn.Module:
         conv = nn.Conv2d(1, 5, 1)
-        with torch.no_grad():
-            conv.weight.copy_(torch.tensor([1.0, -1.0, 1.0, 1.0, 10.0]).view(5, 1, 1, 1))
-            nn.init.constant_(conv.bias, 0.5)
+        conv.load_state_dict({"weight": torch.tensor([1.0, -1.0, 1.0, 1.0, 10.0]).view(5, 1, 1, 1),
+                              "bias": torch.full((5,), 0.5)})
         return nn.Sequential(conv, *([nn.BatchNorm2d(5)] if bn else []), nn.ReLU()).eval()
 
     # bounds 1, 1, 1, 1, 10: mean 2.8, sample std sqrt(16.2) = 4.025; u = 1 -> 6.82 (channel 4), u = 3 -> 14.9
