@@ -72,7 +72,8 @@ def train(msg: Message, context: Context) -> Message:
     memory = context.state.array_records[key].to_torch_state_dict() if key in context.state.array_records else {}
     result = run_local_job(req.cfg, req.client_id, req.state, protocol.number(req.config, "server-round", int),
                            str(req.config.get("phase", "train")), req.mask, memory,
-                           sharpness_aware=bool(req.config.get("sharpness-aware", False)))
+                           sharpness_aware=bool(req.config.get("sharpness-aware", False)),
+                           unlearning=str(req.config.get("unlearning", "")))
     if memory:
         context.state[key] = ArrayRecord(memory)
     return reply(msg, {"num-examples": result.stats.num_examples, "train-loss": result.stats.loss}, result.state)

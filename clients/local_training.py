@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from clients.behaviours import TrainingPlan, conduct_of
+from defenses.ibau import IBAUSettings, ibau_unlearn
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.masks import NeuronMask, install_mask
@@ -35,6 +36,11 @@ def benign_settings(cfg: ExperimentConfig, server_round: int = 1, sharpness_awar
                        sam_rho=cfg.sam_rho if sharpness_aware else 0.0, sam_adaptive=cfg.sam_adaptive)
 
 
+def ibau_settings(cfg: ExperimentConfig, rounds: int) -> IBAUSettings:
+    """I-BAU's settings: the reference code's, with the configured bound and learning rate."""
+    return IBAUSettings(rounds=rounds, norm=cfg.ibau_norm, lr=cfg.ibau_lr)
+
+
 def job_generator(cfg: ExperimentConfig, client_id: int, server_round: int, phase: str) -> torch.Generator:
     """Shuffling RNG of one job: a function of seed, client, round and phase only."""
     phase_code = {"train": 0, "finetune": 1}.get(phase, 2)
@@ -44,11 +50,13 @@ def job_generator(cfg: ExperimentConfig, client_id: int, server_round: int, phas
 
 def run_local_job(cfg: ExperimentConfig, client_id: int, global_state: dict[str, torch.Tensor],
                   server_round: int, phase: str = "train", mask: NeuronMask | None = None,
-                  memory: dict[str, torch.Tensor] | None = None, sharpness_aware: bool = False) -> LocalResult:
+                  memory: dict[str, torch.Tensor] | None = None, sharpness_aware: bool = False,
+                  unlearning: str = "") -> LocalResult:
     """Train the global model on this client's data; the client's behaviours shape data, training and reply.
 
     ``memory`` is the client's store across jobs, changed in place by behaviours that keep one;
-    ``sharpness_aware`` makes the honest optimiser SAM's (the finetune-sam phase).
+    ``sharpness_aware`` makes the honest optimiser SAM's (the finetune-sam phase);
+    ``unlearning = "ibau"`` replaces an honest client's training by one I-BAU round (the ibau phase).
     """
     conduct = conduct_of(cfg, client_id)
     job = conduct.job(cfg, client_id, server_round, phase, memory)
@@ -56,10 +64,15 @@ def run_local_job(cfg: ExperimentConfig, client_id: int, global_state: dict[str,
     device = pick_device(cfg.device)
     model = client_model(cfg, global_state, mask)
     x, y = client_data(cfg, client_id, device)
-    plan = conduct.training(job, TrainingPlan(x, y, benign_settings(cfg, server_round, sharpness_aware)), model, mask)
-    extra = l2_on_layer(str(model.last_conv), cfg.last_conv_l2) if cfg.last_conv_l2 > 0 else None
-    stats = train(model, plan.x, plan.y, plan.settings, job_generator(cfg, client_id, server_round, phase),
-                  batch_transform=plan.transform, extra_loss=extra, after_step=plan.after_step)
+    generator = job_generator(cfg, client_id, server_round, phase)
+    if unlearning == "ibau" and not job.attacking:
+        stats = ibau_unlearn(model, x, y, ibau_settings(cfg, rounds=1), generator)
+    else:
+        plan = conduct.training(job, TrainingPlan(x, y, benign_settings(cfg, server_round, sharpness_aware)), model,
+                                mask)
+        extra = l2_on_layer(str(model.last_conv), cfg.last_conv_l2) if cfg.last_conv_l2 > 0 else None
+        stats = train(model, plan.x, plan.y, plan.settings, generator, batch_transform=plan.transform,
+                      extra_loss=extra, after_step=plan.after_step)
     local = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return LocalResult(conduct.submit(job, global_state, local), stats, job.attacking)
 

@@ -304,6 +304,13 @@ class ExperimentConfig:
     clp_u: float = _opt("cleansing", 3.0, "clp: prune the channels whose Lipschitz upper bound exceeds "
                                           "mean + u std of their layer (3, as BackdoorBench's CLP configuration).",
                          added=True)
+    ibau_rounds: int = _opt("cleansing", 5, "ibau, ibau-server: I-BAU rounds (the reference code's 5); federated, "
+                                            "one round is one FedAvg round of every client's local I-BAU round.",
+                            added=True)
+    ibau_norm: float = _opt("cleansing", 10.0, "ibau: L2 bound on the universal perturbation (the reference's 10).",
+                            added=True)
+    ibau_lr: float = _opt("cleansing", 1e-4, "ibau: Adam learning rate of the unlearning steps (BackdoorBench's "
+                                             "I-BAU configuration).", added=True)
     aw_delta: float = _opt(
         "cleansing", 0.0, "Fixed AW threshold Delta (the paper's fixed value is 3); 0 = adaptive search."
     )
@@ -572,6 +579,9 @@ class ExperimentConfig:
         _check(self.finetune_rounds >= 0, "finetune-rounds", f"must be >= 0, got {self.finetune_rounds}")
         _check(math.isfinite(self.sam_rho) and self.sam_rho > 0, "sam-rho", f"must be > 0, got {self.sam_rho}")
         _check(math.isfinite(self.clp_u), "clp-u", f"must be a finite number, got {self.clp_u}")
+        _check(self.ibau_rounds >= 1, "ibau-rounds", f"must be >= 1, got {self.ibau_rounds}")
+        _check(math.isfinite(self.ibau_norm) and self.ibau_norm > 0, "ibau-norm", f"must be > 0, got {self.ibau_norm}")
+        _check(math.isfinite(self.ibau_lr) and self.ibau_lr > 0, "ibau-lr", f"must be > 0, got {self.ibau_lr}")
         _check(self.finetune_patience >= 1, "finetune-patience", f"must be >= 1, got {self.finetune_patience}")
         _check(self.aw_delta >= 0, "aw-delta", f"must be >= 0, got {self.aw_delta}")
         _check(self.aw_delta_step > 0, "aw-delta-step", f"must be > 0, got {self.aw_delta_step}")

@@ -65,7 +65,8 @@ class RunState:
     done: list[str] = field(default_factory=list)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
-    finetune: dict[str, Any] = field(default_factory=dict)  # patience progress of an unfinished fine-tuning
+    # progress of an unfinished round-based step: fine-tuning's patience, I-BAU's first round
+    finetune: dict[str, Any] = field(default_factory=dict)
 
     def save(self, run_dir: RunDirectory) -> None:
         """Write state.json atomically."""

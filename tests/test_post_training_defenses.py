@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from defenses.clp import channel_lipschitz, clp_prune, conv_bn_pairs
+from defenses.ibau import IBAUSettings, hypergradient, universal_perturbation
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.federation_data import validation_set
 from fl_backdoor.models import build_model
 from fl_backdoor.run_dir import load_checkpoint, read_csv
 from fl_backdoor.training import sharpness_aware_gradients
@@ -73,6 +75,27 @@ def test_the_sam_step_takes_the_gradient_at_w_plus_rho_g_over_its_norm(adaptive,
     assert w.tolist() == [3.0, 4.0], "the weights are restored exactly"
 
 
+@pytest.mark.parametrize("steps, expected", [(5, 1 + 6 * (1 - 0.9 ** 5)), (400, 7.0)])
+def test_the_hypergradient_of_a_quadratic_inner_problem(steps, expected):
+    # inner: delta* = argmin 0.5 (delta - theta)^2 = theta; outer: delta^2 + theta, so d/dtheta = 2 theta + 1 = 7
+    # at theta = 3; K fixed-point steps of Phi = delta - 0.1 (delta - theta) give 1 + 2 delta (1 - 0.9^K)
+    theta = torch.tensor(3.0, requires_grad=True)
+    loss, (grad,) = hypergradient([theta], torch.tensor(3.0), lambda d: d ** 2 + theta,
+                                  lambda d: 0.5 * (d - theta) ** 2, steps, 0.1)
+    assert loss == 12.0 and float(grad) == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_universal_perturbation_stays_inside_its_bound():
+    torch.manual_seed(0)
+    model = build_model(ExperimentConfig.from_flat({"dataset": "mnist", "model-widths": "4,8"}))
+    x = torch.rand(300, 1, 28, 28)
+    for norm in (0.5, 3.0):
+        delta = universal_perturbation(model, x, IBAUSettings(norm=norm, batch_size=64),
+                                       torch.Generator().manual_seed(0))
+        assert delta.shape == (1, 1, 28, 28)
+        assert 0 < float(torch.linalg.vector_norm(delta)) <= norm * (1 + 1e-6)
+
+
 def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     small = {"dataset": "mnist", "num-clients": 4, "labels-per-client": 10, "data-fraction": 0.05,
              "test-subset": 500, "lr": 0.05, "poison-lr": 0.05, "poison-epochs": 2, "trigger": "pixel-9",
@@ -80,10 +103,12 @@ def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
              "data-dir": data_dir, "output-dir": str(tmp_path)}
     trained = run_simulation(ExperimentConfig.from_flat({**small, "run-name": "trained"}))
     runs = {}
-    for defense in ("clp,finetune-sam", "clp,finetune"):
-        cfg = ExperimentConfig.from_flat({**small, "defense": defense, "clp-u": 1.0, "num-rounds": 0,
+    # I-BAU with a vanishing learning rate and no attacker: the clients' I-BAU rounds leave the model as it was
+    for defense, extra in (("clp,finetune-sam", {}), ("clp,finetune", {}),
+                           ("ibau-server?,ibau", {"ibau-rounds": 2, "ibau-lr": 1e-12, "num-attackers": 0})):
+        cfg = ExperimentConfig.from_flat({**small, "defense": defense, "clp-u": 1.0, "num-rounds": 0, **extra,
                                           "init-checkpoint": str(trained / "checkpoints" / "trained.pt"),
-                                          "run-name": defense.replace(",", "-")})
+                                          "run-name": defense.replace(",", "-").replace("?", "")})
         runs[defense] = run_simulation(cfg)
     results = json.loads((runs["clp,finetune-sam"] / "results.json").read_text())["phases"]
     assert set(results) == {"training", "clp", "clp+finetune-sam"}
@@ -101,3 +126,15 @@ def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     same_start = load_checkpoint(runs["clp,finetune"] / "checkpoints" / "clp.pt")["state_dict"]
     assert all(torch.equal(after_clp[k], same_start[k]) for k in after_clp), "CLP is deterministic"
     assert any(not torch.equal(sam[k], plain[k]) for k in sam), "the clients took SAM steps"
+
+    ibau = json.loads((runs["ibau-server?,ibau"] / "results.json").read_text())["phases"]
+    assert set(ibau) == {"training", "ibau-server", "ibau"}
+    n = int(validation_set(cfg).y.shape[0])
+    assert ibau["ibau-server"]["steps"] == 2 * -(-n // 256), "two rounds over the validation set in batches of 256"
+    rows = read_csv(runs["ibau-server?,ibau"] / "metrics.csv")
+    assert [r["phase"] for r in rows].count("finetune") == 2 == ibau["ibau"]["rounds"]
+    start = load_checkpoint(trained / "checkpoints" / "trained.pt")["state_dict"]
+    unlearned = load_checkpoint(runs["ibau-server?,ibau"] / "checkpoints" / "ibau.pt")["state_dict"]
+    tuned = load_checkpoint(runs["clp,finetune"] / "checkpoints" / "clp+finetune.pt")["state_dict"]
+    assert max(float((unlearned[k] - start[k]).abs().max()) for k in start) < 1e-6
+    assert max(float((tuned[k] - after_clp[k]).abs().max()) for k in start) > 1e-3, "SGD would have moved it"
