@@ -311,6 +311,8 @@ class ExperimentConfig:
                             added=True)
     ibau_lr: float = _opt("cleansing", 1e-4, "ibau: Adam learning rate of the unlearning steps (BackdoorBench's "
                                              "I-BAU configuration).", added=True)
+    rnp_threshold: float = _opt("cleansing", 0.7, "rnp: prune the channels whose recovered mask is at most this "
+                                                  "(BackdoorBench's RNP pruning_number).", added=True)
     aw_delta: float = _opt(
         "cleansing", 0.0, "Fixed AW threshold Delta (the paper's fixed value is 3); 0 = adaptive search."
     )
@@ -582,6 +584,7 @@ class ExperimentConfig:
         _check(self.ibau_rounds >= 1, "ibau-rounds", f"must be >= 1, got {self.ibau_rounds}")
         _check(math.isfinite(self.ibau_norm) and self.ibau_norm > 0, "ibau-norm", f"must be > 0, got {self.ibau_norm}")
         _check(math.isfinite(self.ibau_lr) and self.ibau_lr > 0, "ibau-lr", f"must be > 0, got {self.ibau_lr}")
+        _check(0.0 <= self.rnp_threshold <= 1.0, "rnp-threshold", f"must be in [0, 1], got {self.rnp_threshold}")
         _check(self.finetune_patience >= 1, "finetune-patience", f"must be >= 1, got {self.finetune_patience}")
         _check(self.aw_delta >= 0, "aw-delta", f"must be >= 0, got {self.aw_delta}")
         _check(self.aw_delta_step > 0, "aw-delta-step", f"must be > 0, got {self.aw_delta_step}")

@@ -82,7 +82,8 @@ def test_every_key_declares_known_roles_and_the_key_lists_derive_from_them():
     cleansing = [k for k in ExperimentConfig.keys() if k.startswith(("pruning-", "finetune-", "aw-"))]  # noqa: SIM118
     assert set(sweeps.DEFENSE_KEYS) == {*cleansing, "defense", "mvp-rate", "curve-points",
                                         # added with issue 17's defenses
-                                        "sam-rho", "sam-adaptive", "clp-u", "ibau-rounds", "ibau-norm", "ibau-lr"}
+                                        "sam-rho", "sam-adaptive", "clp-u", "ibau-rounds", "ibau-norm", "ibau-lr",
+                                        "rnp-threshold"}
     split = {"dataset", "data-dir", "download", "seed", "data-fraction", "validation-fraction"}
     assert set(federation_data._SPLIT_KEYS) == split
     assert set(federation_data._PARTITION_KEYS) == split | {"num-clients", "partition", "labels-per-client",

@@ -9,6 +9,7 @@ from torch import nn
 
 from defenses.clp import channel_lipschitz, clp_prune, conv_bn_pairs
 from defenses.ibau import IBAUSettings, hypergradient, universal_perturbation
+from defenses.rnp import RNPSettings, prune_by_masks, recover_masks, unlearn
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import validation_set
 from fl_backdoor.models import build_model
@@ -96,6 +97,28 @@ def test_the_universal_perturbation_stays_inside_its_bound():
         assert 0 < float(torch.linalg.vector_norm(delta)) <= norm * (1 + 1e-6)
 
 
+def test_rnp_masks_stay_in_zero_one_and_prune_exactly_the_low_channels():
+    torch.manual_seed(0)
+    model = build_model(ExperimentConfig.from_flat({"dataset": "mnist", "model-widths": "4,8"}))
+    x = torch.rand(200, 1, 28, 28)
+    y = torch.randint(0, 10, (200,))
+    settings = RNPSettings(batch_size=50, unlearning_epochs=3, recovering_epochs=5, recovering_lr=2.0)
+    unlearned, epochs, accuracy = unlearn(model, x, y, settings, torch.Generator().manual_seed(0))
+    assert 1 <= epochs <= 3 and (epochs == 3 or accuracy <= settings.clean_threshold)
+    before, after = model.state_dict(), unlearned.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "unlearning changed the copy"
+    masks = recover_masks(unlearned, x, y, settings, torch.Generator().manual_seed(0))
+    assert set(masks) == {"features.conv1", "features.conv2"}
+    values = torch.cat(list(masks.values()))
+    assert values.shape == (12,) and float(values.min()) >= 0.0 and float(values.max()) <= 1.0
+    assert float(values.min()) < 1.0, "the recovery moved the masks"
+    hand = {"features.conv1": torch.tensor([0.9, 0.7, 0.71, 0.0]), "features.conv2": torch.ones(8)}
+    bias = model.features.conv1.bias.detach().clone()
+    assert prune_by_masks(model, hand, 0.7) == {"features.conv1": [1, 3]}
+    zero = model.features.conv1.weight.flatten(1).abs().sum(1) == 0
+    assert zero.tolist() == [False, True, False, True] and torch.equal(model.features.conv1.bias, bias)
+
+
 def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     small = {"dataset": "mnist", "num-clients": 4, "labels-per-client": 10, "data-fraction": 0.05,
              "test-subset": 500, "lr": 0.05, "poison-lr": 0.05, "poison-epochs": 2, "trigger": "pixel-9",
@@ -105,7 +128,7 @@ def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     runs = {}
     # I-BAU with a vanishing learning rate and no attacker: the clients' I-BAU rounds leave the model as it was
     for defense, extra in (("clp,finetune-sam", {}), ("clp,finetune", {}),
-                           ("ibau-server?,ibau", {"ibau-rounds": 2, "ibau-lr": 1e-12, "num-attackers": 0})):
+                           ("ibau-server?,rnp?,ibau", {"ibau-rounds": 2, "ibau-lr": 1e-12, "num-attackers": 0})):
         cfg = ExperimentConfig.from_flat({**small, "defense": defense, "clp-u": 1.0, "num-rounds": 0, **extra,
                                           "init-checkpoint": str(trained / "checkpoints" / "trained.pt"),
                                           "run-name": defense.replace(",", "-").replace("?", "")})
@@ -127,14 +150,16 @@ def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     assert all(torch.equal(after_clp[k], same_start[k]) for k in after_clp), "CLP is deterministic"
     assert any(not torch.equal(sam[k], plain[k]) for k in sam), "the clients took SAM steps"
 
-    ibau = json.loads((runs["ibau-server?,ibau"] / "results.json").read_text())["phases"]
-    assert set(ibau) == {"training", "ibau-server", "ibau"}
+    ibau = json.loads((runs["ibau-server?,rnp?,ibau"] / "results.json").read_text())["phases"]
+    assert set(ibau) == {"training", "ibau-server", "rnp", "ibau"}
+    assert 1 <= ibau["rnp"]["unlearning_epochs"] <= 20 and 0.0 <= ibau["rnp"]["mask_min"] <= 1.0
+    assert ibau["rnp"]["rnp_pruned"] == sum(map(len, ibau["rnp"]["rnp_channels"].values()))
     n = int(validation_set(cfg).y.shape[0])
     assert ibau["ibau-server"]["steps"] == 2 * -(-n // 256), "two rounds over the validation set in batches of 256"
-    rows = read_csv(runs["ibau-server?,ibau"] / "metrics.csv")
+    rows = read_csv(runs["ibau-server?,rnp?,ibau"] / "metrics.csv")
     assert [r["phase"] for r in rows].count("finetune") == 2 == ibau["ibau"]["rounds"]
     start = load_checkpoint(trained / "checkpoints" / "trained.pt")["state_dict"]
-    unlearned = load_checkpoint(runs["ibau-server?,ibau"] / "checkpoints" / "ibau.pt")["state_dict"]
+    unlearned = load_checkpoint(runs["ibau-server?,rnp?,ibau"] / "checkpoints" / "ibau.pt")["state_dict"]
     tuned = load_checkpoint(runs["clp,finetune"] / "checkpoints" / "clp+finetune.pt")["state_dict"]
     assert max(float((unlearned[k] - start[k]).abs().max()) for k in start) < 1e-6
     assert max(float((tuned[k] - after_clp[k]).abs().max()) for k in start) > 1e-3, "SGD would have moved it"
