@@ -26,10 +26,11 @@ from experiments.reports import (
     write_table,
 )
 from experiments.scales import FMNIST, MNIST, Pair, Setup, defended
-from fl_backdoor.plots import plot_bars, plot_curves
+from fl_backdoor.plots import plot_bars, plot_curves, plot_scatter
 from fl_backdoor.run_dir import atomic_write_text, read_csv, write_csv
 from fl_backdoor.sweeps import Experiment, Runner, SweepOutcome
 from fl_backdoor.tables import PHASE_TITLES, Column, markdown_columns
+from server_strategies.phases import MODES, defense_steps
 from server_strategies.simulation import run_simulation
 
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -504,6 +505,85 @@ def attacks(setup: Setup) -> Plan:
     return Plan([*backdoors.values(), *untargeted.values()], report)
 
 
+# --- post-training defenses against each other (issue 17) ----------------------------------------------------
+# rows: each post-training defense and the compositions worth comparing; "all" is the paper's mode (RAP)
+MATRIX_DEFENSES = {"all": "all", "all-sam": "prune,aw?,finetune-sam,aw", "finetune": "finetune",
+                   "finetune-sam": "finetune-sam", "clp": "clp", "clp-finetune": "clp,finetune",
+                   "ibau-server": "ibau-server", "ibau": "ibau", "prune-ibau-aw": "prune,ibau,aw", "rnp": "rnp"}
+
+
+def matrix(setup: Setup) -> Plan:
+    """Every post-training defense on the same trained models: Table II and Table I (3 pairs each), a 9-pixel
+    trigger with 3 attackers, DBA on MNIST, the adaptive attackers and the field's backdoors (issue 14):
+    TA/AA after the defense and its seconds, with a TA-against-AA scatter plot."""
+    def fmnist(v: int, a: int, **changes: Any) -> Experiment:
+        return setup.training(FMNIST, victim_label=v, attack_label=a, **changes)
+
+    def renamed(label: str, run: Experiment) -> Experiment:
+        return Experiment(run.label.replace("-train", f"-{label}-train"), run.config, parent=run.parent)
+
+    f3, m3 = setup.scale.fmnist_pairs[:3], setup.scale.mnist_pairs[:3]
+    settings: dict[str, list[Experiment]] = {
+        "Table II": [fmnist(v, a) for v, a in f3],
+        "Table I": [setup.training(MNIST, victim_label=v, attack_label=a) for v, a in m3],
+        "9 pixels, 3 attackers": [renamed("pixel9x3", fmnist(v, a, trigger="pixel-9", num_attackers=3))
+                                  for v, a in f3],
+        "DBA on MNIST": [renamed("dba", setup.training(MNIST, victim_label=v, attack_label=a, trigger="dba",
+                                                       num_attackers=4)) for v, a in m3],
+        **{kind: [fmnist(v, a, adaptive_attack=kind) for v, a in f3] for kind in ("pruning-aware", "aw-aware")},
+        # the attacks target's FedAvg runs of issue 14's backdoors
+        **{kind: [Experiment(f"fmnist-{v}to{a}-{kind}-paper-train", fmnist(v, a, **BACKDOORS[kind]).config)
+                  for v, a in f3] for kind in ("pgd", "neurotoxin", "blend")}}
+    cells = {(name, setting, i): (defended(training, "all") if defense == "all" else
+                                  training.child(training.label.replace("-train", f"-{name}"), defense=defense))
+             for setting, trainings in settings.items() for i, training in enumerate(trainings)
+             for name, defense in MATRIX_DEFENSES.items()}
+
+    def measured(outcome: SweepOutcome, run: Experiment, defense: str) -> Row | None:
+        """TA/AA (percent) after the defense's last step, the training's, and the defense's seconds."""
+        results = outcome.results(run)
+        if results is None:
+            return None
+        phases = results["phases"]
+        final = phases[defense_steps(MODES.get(defense, defense))[-1].result]
+        seconds = sum(float(v) for k, v in results["phase_seconds"].items() if k not in ("train", "curves"))
+        return {"ta": 100.0 * final["ta"], "aa": 100.0 * final["aa"], "training_ta": 100.0 * phases["training"]["ta"],
+                "training_aa": 100.0 * phases["training"]["aa"], "seconds": seconds}
+
+    def report(outcome: SweepOutcome, out: Path) -> None:
+        long_rows: list[Row] = []
+        missing: list[str] = []
+        for (name, setting, i), run in cells.items():
+            found = measured(outcome, run, MATRIX_DEFENSES[name])
+            if found is None:
+                missing.append(run.name)
+                continue
+            long_rows.append({"defense": name, "setting": setting, "pair": i, "run": run.name, **found})
+        # the trained model of each pair once, from whichever of its defense runs finished
+        trained = {(r["setting"], r["pair"]): {"defense": "training", "setting": r["setting"],
+                                               "ta": r["training_ta"], "aa": r["training_aa"]} for r in long_rows}
+        rows: list[Row] = []
+        for name in ["training", *MATRIX_DEFENSES]:
+            mine = list(trained.values()) if name == "training" else [r for r in long_rows if r["defense"] == name]
+            row: Row = {"defense": name}
+            for setting in settings:
+                row[f"{setting} TA"] = mean([r["ta"] for r in mine if r["setting"] == setting])
+                row[f"{setting} AA"] = mean([r["aa"] for r in mine if r["setting"] == setting])
+            row["seconds"] = mean([r.get("seconds") for r in mine]) if name != "training" else None
+            rows.append(row)
+        columns = [Column("Defense", "defense"), *[Column(f"{s} {m}", f"{s} {m}") for s in settings
+                                                   for m in ("TA", "AA")], Column("Seconds", "seconds", ".0f")]
+        write_table(out, "Post-training defenses (averages over the finished pairs of each setting)", rows, columns,
+                    labels=1, missing=missing, average=False)
+        write_csv(out / "cells.csv", long_rows)
+        points = {f"{r['defense']} | {s}": (r[f"{s} TA"], r[f"{s} AA"]) for r in rows[1:] for s in settings
+                  if r[f"{s} TA"] is not None}
+        if points:
+            plot_scatter(out / "scatter.png", points, xlabel="TA (%)", ylabel="AA (%)",
+                         title="Post-training defenses: one point per defense and setting")
+    return Plan(list(cells.values()), report)
+
+
 # --- the cleansing-fidelity ablation (README "Which reading of the paper") --------------------------------
 # The behaviour before the faithful defaults: every factor below but the first three is measured as a change of it
 # alone.
@@ -600,4 +680,5 @@ TARGETS: dict[str, Callable[[Setup], Plan]] = {
     "table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5, "table6": table6,
     "table7": table7, "fig3": fig3, "fig5": fig5, "fig6": fig6, "fig7": fig7, "fig8": fig8, "fig9": fig9,
     "fig10": fig10, "adaptive": adaptive, "ablation": ablation, "robust": robust, "attacks": attacks,
+    "matrix": matrix,
 }

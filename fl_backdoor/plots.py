@@ -50,6 +50,29 @@ def plot_bars(path: Path, groups: Sequence[str], panels: dict[str, dict[str, Seq
     save_figure(fig, path)
 
 
+def plot_scatter(path: Path, points: Mapping[str, tuple[float, float]], *, xlabel: str, ylabel: str,
+                 title: str) -> None:
+    """Labelled points "group | setting": one marker per setting, one colour per group."""
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
+    groups = list(dict.fromkeys(name.split(" | ")[0] for name in points))
+    settings = list(dict.fromkeys(name.split(" | ")[-1] for name in points))
+    markers = "osD^v<>pPX*h"
+    colours = plt.get_cmap("tab20")
+    for name, (x, y) in points.items():
+        group, setting = name.split(" | ")[0], name.split(" | ")[-1]
+        ax.scatter([x], [y], color=colours(groups.index(group) % 20), marker=markers[settings.index(setting) % 12])
+    for i, group in enumerate(groups):
+        ax.scatter([], [], color=colours(i % 20), label=group)
+    for i, setting in enumerate(settings):
+        ax.scatter([], [], color="grey", marker=markers[i % 12], label=setting)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2, loc="best")
+    save_figure(fig, path)
+
+
 def save_figure(fig: plt.Figure, path: Path) -> None:
     """Lay out, write atomically (a reader never sees half a PNG) and close."""
     fig.tight_layout()

@@ -154,3 +154,56 @@ def test_fig7_report_reads_each_finished_runs_aw_curve_and_lists_the_rest(tmp_pa
     table = (out / "table.md").read_text()
     assert "| 5 | 98.0 | 99.0 | 97.0 | 50.0 | 97.5 | 2.0 |" in table and pending.name in table
     assert (out / "curves.png").is_file()
+
+
+def test_matrix_defends_every_settings_trained_models_with_every_defense_sharing_the_other_targets_runs() -> None:
+    from experiments.targets import MATRIX_DEFENSES
+
+    experiments = plan("matrix").experiments
+    assert len(experiments) == 9 * 3 * len(MATRIX_DEFENSES)
+    assert len({e.name for e in experiments}) == len(experiments)
+    assert {e.cfg.defense for e in experiments} == set(MATRIX_DEFENSES.values())
+    trainings = {parent(e).name: parent(e) for e in experiments}
+    assert len(trainings) == 27 and all(len([e for e in experiments if parent(e).name == t]) == len(MATRIX_DEFENSES)
+                                        for t in trainings)
+    shared = {e.name for target in ("table2", "table1", "adaptive") for e in plan(target).experiments}
+    own = ("-pixel9x3-", "-dba-", "-pgd-", "-neurotoxin-", "-blend-")
+    reused = {e.name for e in experiments if e.cfg.defense == "all" and not any(k in parent(e).name for k in own)}
+    assert len(reused) == 12 and reused <= shared, "Table I/II and adaptive All runs are reused"
+    attacks = {parent(e).name for e in plan("attacks").experiments if e.cfg.defense == "all"}
+    assert {t for t in trainings if t.endswith(("-pgd-paper-train", "-neurotoxin-paper-train",
+                                                "-blend-paper-train"))} <= attacks
+    kinds = {(t.cfg.dataset, t.cfg.trigger, t.cfg.num_attackers, t.cfg.adaptive_attack) for t in trainings.values()}
+    assert kinds == {("fashion-mnist", "pixel-1", 1, "none"), ("mnist", "pixel-9", 1, "none"),
+                     ("fashion-mnist", "pixel-9", 3, "none"), ("mnist", "dba", 4, "none"),
+                     ("fashion-mnist", "pixel-1", 1, "pruning-aware"), ("fashion-mnist", "pixel-1", 1, "aw-aware"),
+                     ("fashion-mnist", "pixel-1", 1, "pgd"), ("fashion-mnist", "pixel-1", 1, "neurotoxin"),
+                     ("fashion-mnist", "blend", 1, "none")}
+
+
+def test_matrix_report_averages_each_defense_per_setting_from_its_last_step(tmp_path) -> None:
+    import json
+
+    from fl_backdoor.run_dir import read_csv
+    from fl_backdoor.sweeps import SweepOutcome
+
+    target = plan("matrix", "tiny")
+    finished = {}
+    for e, (ta, aa) in zip([e for e in target.experiments if e.cfg.defense == "clp,finetune"][:2],
+                           [(0.8, 0.1), (0.6, 0.3)], strict=True):
+        run_dir = tmp_path / e.name
+        run_dir.mkdir()
+        phases = {"training": {"ta": 0.9, "aa": 0.95}, "clp": {"ta": 0.1, "aa": 0.9},
+                  "clp+finetune": {"ta": ta, "aa": aa}}
+        (run_dir / "results.json").write_text(json.dumps({"phases": phases, "row": {},
+                                                           "phase_seconds": {"train": 99.0, "clp": 1.0,
+                                                                             "finetune": 3.0, "curves": 5.0}}))
+        finished[e.name] = run_dir
+    out = tmp_path / "matrix"
+    target.report(SweepOutcome(tmp_path, finished=finished), out)
+    rows = {r["defense"]: r for r in read_csv(out / "table.csv")}
+    assert (rows["clp-finetune"]["Table II TA"], rows["clp-finetune"]["Table II AA"]) == ("70.0", "20.0")
+    assert rows["clp-finetune"]["seconds"] == "4.0", "the defense's steps, not training or report curves"
+    assert (rows["training"]["Table II TA"], rows["training"]["Table II AA"]) == ("90.0", "95.0")
+    assert rows["clp"]["Table II TA"] == "" and "Not finished" in (out / "table.md").read_text()
+    assert len(read_csv(out / "cells.csv")) == 2 and (out / "scatter.png").is_file()
