@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fl_backdoor.training import TrainStats
+from fl_backdoor.training import TrainStats, shuffled_batches
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def universal_perturbation(model: nn.Module, x: torch.Tensor, settings: IBAUSett
     model.eval()
     delta = torch.zeros((1, *x.shape[1:]), device=x.device, requires_grad=True)
     optimiser = torch.optim.SGD([delta], lr=settings.perturbation_lr)
-    for idx in torch.randperm(x.shape[0], generator=generator).to(x.device).split(settings.batch_size):
+    for idx in shuffled_batches(x.shape[0], settings.batch_size, generator, x.device):
         xb = x[idx]
         with torch.no_grad():
             own = model(xb).argmax(1)
@@ -111,7 +111,7 @@ def ibau_unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: I
     total, steps = 0.0, 0
     for _ in range(settings.rounds):
         delta = universal_perturbation(model, x, settings, generator)
-        for idx in torch.randperm(x.shape[0], generator=generator).to(x.device).split(settings.batch_size):
+        for idx in shuffled_batches(x.shape[0], settings.batch_size, generator, x.device):
             xb, yb = x[idx], y[idx]
             chosen = torch.randperm(len(idx), generator=generator)[:max(1, int(len(idx) * settings.portion))]
             patch = torch.zeros((len(idx), 1, 1, 1), device=x.device)

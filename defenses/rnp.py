@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fl_backdoor.training import shuffled_batches
+
 from .clp import conv_bn_pairs
 
 
@@ -71,10 +73,6 @@ def neuron_masks(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
             handle.remove()
 
 
-def _batches(n: int, size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
-    return list(torch.randperm(n, generator=generator).to(device).split(size))
-
-
 def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: RNPSettings,
             generator: torch.Generator) -> tuple[nn.Module, int, float]:
     """Step 1 on a copy: (the unlearned copy, epochs run, its accuracy over the last epoch)."""
@@ -85,7 +83,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: RNPSet
     while epochs < settings.unlearning_epochs and accuracy > settings.clean_threshold:
         epochs += 1
         correct = 0
-        for idx in _batches(x.shape[0], settings.batch_size, generator, x.device):
+        for idx in shuffled_batches(x.shape[0], settings.batch_size, generator, x.device):
             out = copy_(x[idx])
             loss = F.cross_entropy(out, y[idx])
             optimiser.zero_grad()
@@ -107,7 +105,7 @@ def recover_masks(unlearned: nn.Module, x: torch.Tensor, y: torch.Tensor, settin
     with neuron_masks(unlearned) as masks:
         optimiser = torch.optim.SGD(list(masks.values()), lr=settings.recovering_lr, momentum=0.9)
         for _ in range(settings.recovering_epochs):
-            for idx in _batches(x.shape[0], settings.batch_size, generator, x.device):
+            for idx in shuffled_batches(x.shape[0], settings.batch_size, generator, x.device):
                 loss = settings.alpha * F.cross_entropy(unlearned(x[idx]), y[idx])
                 optimiser.zero_grad()
                 loss.backward()

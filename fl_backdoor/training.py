@@ -46,6 +46,11 @@ class TrainStats:
     num_steps: int
 
 
+def shuffled_batches(n: int, size: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Index tensors of one shuffled pass over n examples in batches of ``size`` (the last one shorter)."""
+    return torch.randperm(n, generator=generator).to(device).split(size)
+
+
 def batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, extra_loss: LossTerm | None) -> torch.Tensor:
     """Cross-entropy of one batch, plus the extra loss term if any."""
     loss = F.cross_entropy(model(xb), yb)
