@@ -7,9 +7,10 @@ the recovery leaves low are the backdoor's.
    norm clipped to 20) until its accuracy over an epoch falls to ``clean_threshold``
    (0.2), for at most 20 epochs.  Clean features collapse first; the backdoor survives.
 2. Recovering: on the unlearned copy, frozen, every channel of every conv layer gets a
-   mask m in [0, 1] (on the batch norm's output where the conv has one, as the reference
-   masks its batch norms), initialised at 1 and trained to minimise 0.2 x the clean
-   cross-entropy (SGD, lr 0.2, momentum 0.9, 20 epochs), clipped to [0, 1] after every step.
+   mask m in [0, 1] on its scale (the batch norm's gamma where the conv has one, as the
+   reference masks its batch norms; else the kernel), the bias untouched, initialised at 1
+   and trained to minimise 0.2 x the clean cross-entropy (SGD, lr 0.2, momentum 0.9,
+   20 epochs), clipped to [0, 1] after every step.
 3. Pruning: in the original model, every channel whose mask is at most ``threshold``
    (0.7) loses its batch-norm scale, or without batch norm its kernel (the reference zeroes
    the weight and keeps the bias).
@@ -23,7 +24,7 @@ clips the gradient norm before computing the gradient (a no-op); it is clipped a
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -55,17 +56,30 @@ def channel_modules(model: nn.Module) -> list[tuple[str, nn.Conv2d | nn.BatchNor
     return [(name, bn if bn is not None else conv) for name, conv, bn in conv_bn_pairs(model)]
 
 
+def _scaled(mask: torch.Tensor, bias: torch.Tensor | None) -> Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor]:
+    """Forward hook: the channel's weighted term times its mask, its bias untouched ((out - b) m + b)."""
+    def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, *([1] * (out.dim() - 2)))
+        if bias is None:
+            return out * mask.view(shape)
+        b = bias.detach().view(shape)
+        return (out - b) * mask.view(shape) + b
+    return hook
+
+
 @contextmanager
 def neuron_masks(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """Trainable masks (initially 1) multiplying every conv channel's output, per conv layer."""
+    """Trainable masks (initially 1) on every conv channel's scale, per conv layer.
+
+    As the reference's masked batch norm (gamma m x_hat + beta), the mask multiplies the
+    channel's weighted term and leaves its bias: (out - b) m + b.
+    """
     masks: dict[str, torch.Tensor] = {}
     handles = []
     for name, module in channel_modules(model):
-        channels = module.weight.shape[0]
-        mask = torch.ones(channels, device=module.weight.device, requires_grad=True)
+        mask = torch.ones(module.weight.shape[0], device=module.weight.device, requires_grad=True)
         masks[name] = mask
-        handles.append(module.register_forward_hook(
-            lambda _m, _i, out, mask=mask: out * mask.view(1, -1, *([1] * (out.dim() - 2)))))
+        handles.append(module.register_forward_hook(_scaled(mask, module.bias)))
     try:
         yield masks
     finally:

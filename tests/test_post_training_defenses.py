@@ -119,6 +119,26 @@ def test_rnp_masks_stay_in_zero_one_and_prune_exactly_the_low_channels():
     assert zero.tolist() == [False, True, False, True] and torch.equal(model.features.conv1.bias, bias)
 
 
+@pytest.mark.parametrize("bn", [False, True])
+def test_an_rnp_mask_scales_the_channel_weight_and_keeps_its_bias(bn):
+    from defenses.rnp import neuron_masks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), *([nn.BatchNorm2d(3)] if bn else [])).eval()
+    if bn:
+        model[1].load_state_dict({**model[1].state_dict(), "bias": torch.tensor([0.5, -1.0, 2.0]),
+                                  "running_mean": torch.tensor([0.1, 0.2, 0.3])})
+    x, m = torch.rand(2, 1, 5, 5), torch.tensor([1.0, 0.5, 0.0])
+    with neuron_masks(model) as masks:
+        with torch.no_grad():
+            masks["0"].copy_(m)
+        got = model(x)
+    scaled = [layer for layer in model]  # the same modules, the scale multiplied by m
+    with torch.no_grad():
+        scaled[-1].weight.mul_(m.view(-1, *([1] * (scaled[-1].weight.dim() - 1))))
+    assert torch.allclose(got, model(x), atol=1e-6)
+
+
 def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     small = {"dataset": "mnist", "num-clients": 4, "labels-per-client": 10, "data-fraction": 0.05,
              "test-subset": 500, "lr": 0.05, "poison-lr": 0.05, "poison-epochs": 2, "trigger": "pixel-9",
