@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from clients.behaviours import TrainingPlan, conduct_of
-from defenses.ibau import IBAUSettings, ibau_unlearn
+from defenses.ibau import ibau_settings, ibau_unlearn
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.masks import NeuronMask, install_mask
@@ -34,11 +34,6 @@ def benign_settings(cfg: ExperimentConfig, server_round: int = 1, sharpness_awar
     return SGDSettings(lr=cfg.lr * cfg.lr_decay ** (server_round - 1), epochs=cfg.local_epochs,
                        batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                        sam_rho=cfg.sam_rho if sharpness_aware else 0.0, sam_adaptive=cfg.sam_adaptive)
-
-
-def ibau_settings(cfg: ExperimentConfig, rounds: int) -> IBAUSettings:
-    """I-BAU's settings: the reference code's, with the configured bound and learning rate."""
-    return IBAUSettings(rounds=rounds, norm=cfg.ibau_norm, lr=cfg.ibau_lr)
 
 
 def job_generator(cfg: ExperimentConfig, client_id: int, server_round: int, phase: str) -> torch.Generator:

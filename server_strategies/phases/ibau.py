@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from clients.local_training import ibau_settings
-from defenses.ibau import ibau_unlearn
+from defenses.ibau import ibau_settings, ibau_unlearn
 
 from . import PHASES
 
