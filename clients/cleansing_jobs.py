@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import torch
 
 from clients.behaviours import conduct_of
-from clients.local_training import client_model
+from clients.local_training import client_model, job_generator
 from defenses.candidates import aw_accuracies, candidate_measure, pruning_accuracies
 from defenses.extreme_weights import weight_stats
 from defenses.neuron_ranking import local_ranking, local_votes, mean_activations
+from defenses.rnp import RNPSettings, flatten_masks, rnp_masks
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.masks import NeuronMask, mask_on, neuron_output_name
@@ -46,3 +47,14 @@ def candidate_report(cfg: ExperimentConfig, client_id: int, state: dict[str, tor
         stats = weight_stats(weight, mask_on(mask, layer), cfg.aw_stats)
         accs = aw_accuracies(model, layer, stats, list(candidates), measure)
     return conduct_of(cfg, client_id).candidate_accuracies(accs), int(y.shape[0])
+
+
+def rnp_report(cfg: ExperimentConfig, client_id: int, state: dict[str, torch.Tensor], mask: NeuronMask | None,
+               server_round: int) -> tuple[list[float], int, int, float]:
+    """Federated RNP: (channel masks recovered after unlearning this client's clean data, its example count,
+    unlearning epochs, unlearned accuracy)."""
+    model = client_model(cfg, state, mask)
+    x, y = client_data(cfg, client_id, pick_device(cfg.device))
+    found = rnp_masks(model, x, y, RNPSettings(), job_generator(cfg, client_id, server_round, "cleanse"))
+    masks = conduct_of(cfg, client_id).rnp_masks(flatten_masks(found.masks))
+    return masks, int(y.shape[0]), found.unlearning_epochs, found.unlearned_accuracy

@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.cleansing_jobs import candidate_report, neuron_report
+from clients.cleansing_jobs import candidate_report, neuron_report, rnp_report
 from clients.local_training import local_accuracy, run_local_job
 from fl_backdoor import protocol
 from fl_backdoor.allocator import keep_freed_memory
@@ -105,3 +105,13 @@ def candidate_accuracy(msg: Message, context: Context) -> Message:
                                       str(req.config["layer"]), protocol.numbers(req.config, "order", int),
                                       protocol.numbers(req.config, "candidates", float))
     return reply(msg, {"accuracies": accs, "num-examples": examples})
+
+
+@app.query("rnp_masks")
+def rnp_masks(msg: Message, context: Context) -> Message:
+    """Federated RNP: channel masks recovered on this client's data after unlearning it."""
+    req = unpack(msg)
+    masks, examples, epochs, accuracy = rnp_report(req.cfg, req.client_id, req.state, req.mask,
+                                                   protocol.number(req.config, "server-round", int))
+    return reply(msg, {"masks": masks, "num-examples": examples, "unlearning-epochs": epochs,
+                       "unlearned-accuracy": accuracy})

@@ -15,6 +15,9 @@ the recovery leaves low are the backdoor's.
    (0.7) loses its batch-norm scale, or without batch norm its kernel (the reference zeroes
    the weight and keeps the bias).
 
+Federated (server_strategies/phases/rnp.py): every client runs steps 1 and 2 on its own
+data and sends its masks; the server averages them and takes step 3.
+
 Settings are BackdoorBench's RNP defaults (batch 256).  BackdoorBench also tries a range
 of thresholds and keeps the model of lowest attack success; no decision here looks at the
 attack set, so the fixed threshold (its ``pruning_number``) is the rule.  The reference
@@ -24,10 +27,11 @@ clips the gradient norm before computing the gradient (a no-op); it is clipped a
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -142,12 +146,51 @@ def prune_by_masks(model: nn.Module, masks: dict[str, torch.Tensor], threshold: 
     return pruned
 
 
+@dataclass(frozen=True)
+class RecoveredMasks:
+    """Steps 1 and 2 on one clean set: the masks and how the unlearning went."""
+
+    masks: dict[str, torch.Tensor]
+    unlearning_epochs: int
+    unlearned_accuracy: float
+
+
+def rnp_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: RNPSettings,
+              generator: torch.Generator) -> RecoveredMasks:
+    """Steps 1 and 2 on the clean data (x, y); ``model`` is left as it was."""
+    unlearned, epochs, accuracy = unlearn(model, x, y, settings, generator)
+    return RecoveredMasks(recover_masks(unlearned, x, y, settings, generator), epochs, accuracy)
+
+
+def flatten_masks(masks: dict[str, torch.Tensor]) -> list[float]:
+    """The masks as one list, layer after layer in the model's order (what a client sends)."""
+    return [float(v) for mask in masks.values() for v in mask.tolist()]
+
+
+def channel_counts(model: nn.Module) -> dict[str, int]:
+    """How many channels RNP masks in each of ``model``'s conv layers."""
+    return {name: int(module.weight.shape[0]) for name, module in channel_modules(model)}
+
+
+def split_masks(model: nn.Module, values: Sequence[float] | np.ndarray) -> dict[str, torch.Tensor]:
+    """Inverse of flatten_masks for ``model``'s layers; ValueError when the count differs."""
+    sizes = channel_counts(model)
+    flat = torch.as_tensor(np.asarray(values, dtype=np.float32)).flatten()
+    if flat.numel() != sum(sizes.values()):
+        raise ValueError(f"{flat.numel()} mask values for {sum(sizes.values())} channels")
+    return dict(zip(sizes, torch.split(flat, list(sizes.values())), strict=True))
+
+
+def pruning_summary(masks: dict[str, torch.Tensor], pruned: dict[str, list[int]]) -> dict[str, object]:
+    """What a pruning by masks did, for the results."""
+    return {"rnp_channels": pruned, "rnp_pruned": sum(len(c) for c in pruned.values()),
+            "mask_min": min(float(m.min()) for m in masks.values()) if masks else 1.0}
+
+
 def rnp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: RNPSettings,
         generator: torch.Generator) -> dict[str, object]:
     """RNP on the clean data (x, y): prunes ``model`` in place; returns what each step found."""
-    unlearned, epochs, accuracy = unlearn(model, x, y, settings, generator)
-    masks = recover_masks(unlearned, x, y, settings, generator)
-    pruned = prune_by_masks(model, masks, settings.threshold)
-    return {"unlearning_epochs": epochs, "unlearned_accuracy": accuracy, "rnp_channels": pruned,
-            "rnp_pruned": sum(len(c) for c in pruned.values()),
-            "mask_min": min(float(m.min()) for m in masks.values()) if masks else 1.0}
+    found = rnp_masks(model, x, y, settings, generator)
+    pruned = prune_by_masks(model, found.masks, settings.threshold)
+    return {"unlearning_epochs": found.unlearning_epochs, "unlearned_accuracy": found.unlearned_accuracy,
+            **pruning_summary(found.masks, pruned)}

@@ -509,7 +509,8 @@ def attacks(setup: Setup) -> Plan:
 # rows: each post-training defense and the compositions worth comparing; "all" is the paper's mode (RAP)
 MATRIX_DEFENSES = {"all": "all", "all-sam": "prune,aw?,finetune-sam,aw", "finetune": "finetune",
                    "finetune-sam": "finetune-sam", "clp": "clp", "clp-finetune": "clp,finetune",
-                   "ibau-server": "ibau-server", "ibau": "ibau", "prune-ibau-aw": "prune,ibau,aw", "rnp": "rnp"}
+                   "ibau-server": "ibau-server", "ibau": "ibau", "prune-ibau-aw": "prune,ibau,aw",
+                   "rnp-server": "rnp-server", "rnp": "rnp"}
 
 
 def matrix(setup: Setup) -> Plan:

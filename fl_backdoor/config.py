@@ -311,7 +311,8 @@ class ExperimentConfig:
                             added=True)
     ibau_lr: float = _opt("cleansing", 1e-4, "ibau: Adam learning rate of the unlearning steps (BackdoorBench's "
                                              "I-BAU configuration).", added=True)
-    rnp_threshold: float = _opt("cleansing", 0.7, "rnp: prune the channels whose recovered mask is at most this "
+    rnp_threshold: float = _opt("cleansing", 0.7, "rnp, rnp-server: prune the channels whose recovered mask "
+                                                  "(federated: the clients' average) is at most this "
                                                   "(BackdoorBench's RNP pruning_number).", added=True)
     aw_delta: float = _opt(
         "cleansing", 0.0, "Fixed AW threshold Delta (the paper's fixed value is 3); 0 = adaptive search."

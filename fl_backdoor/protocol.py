@@ -28,6 +28,7 @@ METRICS = "metrics"
 DESCRIBE = "query.describe"
 RANK_NEURONS = "query.rank_neurons"
 CANDIDATE_ACCURACY = "query.candidate_accuracy"
+RNP_MASKS = "query.rnp_masks"
 
 _CONFIG_CACHE: dict[str, ExperimentConfig] = {}
 N = TypeVar("N", int, float)

@@ -85,14 +85,18 @@ class Cleansing:
             entries["order"] = [int(i) for i in order]
         reports = self.query_clients(protocol.CANDIDATE_ACCURACY, entries, accuracies_checker(len(candidates)),
                                      "candidate accuracies")
-        return list(bounded_mean([(c, accs, n) for c, (accs, n) in reports], self.sizes))
+        return list(self.weighted_mean([(c, accs, n) for c, (accs, n) in reports]))
+
+    def weighted_mean(self, reports: Sequence[tuple[int, Sequence[float], int]]) -> np.ndarray:
+        """The clients' reported values (client, values, example count) averaged as bounded_mean says."""
+        return bounded_mean(reports, self.sizes)
 
     def model_accuracy(self) -> float:
         """Clean accuracy of the current global model: validation set, or a federated evaluate round."""
         if self.cfg.pruning_accuracy == "server":
             return self.validation_accuracy()
         reports = self.query_clients(MessageType.EVALUATE, {}, evaluate_checker(), "evaluate round")
-        return float(bounded_mean([(c, [acc], n) for c, (acc, n) in reports], self.sizes)[0])
+        return float(self.weighted_mean([(c, [acc], n) for c, (acc, n) in reports])[0])
 
     # --- the clients' neuron reports ---------------------------------------------------------
     def neuron_order(self, method: str) -> list[int]:

@@ -92,16 +92,34 @@ def votes_checker(size: int, rate: float) -> Checker:
     return check
 
 
+def _unit_values(metrics: Any, key: str, count: int) -> list[float]:
+    values = metrics.get(key)
+    if not isinstance(values, list) or len(values) != count:
+        raise InvalidReply(f"expected {count} {key}")
+    if not all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in values):
+        raise InvalidReply(f"a value of {key} lies outside [0, 1]")
+    return [float(v) for v in values]
+
+
 def accuracies_checker(count: int) -> Checker:
     """A candidate-accuracy reply: ``count`` accuracies in [0, 1] and an example count."""
     def check(content: RecordDict) -> tuple[list[float], int]:
         metrics = _metrics(content)
-        accs = metrics.get("accuracies")
-        if not isinstance(accs, list) or len(accs) != count:
-            raise InvalidReply(f"expected {count} accuracies")
-        if not all(isinstance(a, (int, float)) and 0.0 <= a <= 1.0 for a in accs):
-            raise InvalidReply("an accuracy lies outside [0, 1]")
-        return [float(a) for a in accs], _num_examples(metrics)
+        return _unit_values(metrics, "accuracies", count), _num_examples(metrics)
+    return check
+
+
+def rnp_checker(count: int) -> Checker:
+    """A federated RNP reply: ``count`` channel masks in [0, 1], an example count, and the client's
+    unlearning epochs (a count) and unlearned accuracy (in [0, 1])."""
+    def check(content: RecordDict) -> tuple[list[float], int, int, float]:
+        metrics = _metrics(content)
+        epochs, accuracy = metrics.get("unlearning-epochs"), metrics.get("unlearned-accuracy")
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+            raise InvalidReply(f"unlearning-epochs {epochs!r} is not a count")
+        if not isinstance(accuracy, (int, float)) or not 0.0 <= accuracy <= 1.0:
+            raise InvalidReply(f"unlearned-accuracy {accuracy!r} lies outside [0, 1]")
+        return _unit_values(metrics, "masks", count), _num_examples(metrics), epochs, float(accuracy)
     return check
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from defenses.clp import channel_lipschitz, clp_prune, conv_bn_pairs
 from defenses.ibau import IBAUSettings, hypergradient, universal_perturbation
-from defenses.rnp import RNPSettings, prune_by_masks, recover_masks, unlearn
+from defenses.rnp import RNPSettings, flatten_masks, prune_by_masks, recover_masks, split_masks, unlearn
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import validation_set
 from fl_backdoor.models import build_model
@@ -119,6 +119,32 @@ def test_rnp_masks_stay_in_zero_one_and_prune_exactly_the_low_channels():
     assert zero.tolist() == [False, True, False, True] and torch.equal(model.features.conv1.bias, bias)
 
 
+def test_federated_rnp_masks_travel_as_one_list_and_the_server_checks_them():
+    from flwr.app import MetricRecord, RecordDict
+
+    from server_strategies.reply_checks import InvalidReply, rnp_checker
+
+    model = build_model(ExperimentConfig.from_flat({"dataset": "mnist", "model-widths": "2,3"}))
+    masks = {"features.conv1": torch.tensor([0.5, 1.0]), "features.conv2": torch.tensor([0.0, 0.25, 0.75])}
+    flat = flatten_masks(masks)
+    assert flat == [0.5, 1.0, 0.0, 0.25, 0.75]
+    back = split_masks(model, flat)
+    assert list(back) == list(masks) and all(torch.equal(back[k], masks[k]) for k in masks)
+    with pytest.raises(ValueError, match="4 mask values for 5 channels"):
+        split_masks(model, flat[:4])
+
+    def reply(**metrics):
+        return RecordDict({"metrics": MetricRecord({"masks": flat, "num-examples": 30, "unlearning-epochs": 4,
+                                                    "unlearned-accuracy": 0.125, **metrics})})
+    check = rnp_checker(5)
+    assert check(reply()) == (flat, 30, 4, 0.125)
+    for bad, reason in (({"masks": flat[:4]}, "expected 5 masks"), ({"masks": [1.5, *flat[1:]]}, "outside"),
+                        ({"masks": [float("nan"), *flat[1:]]}, "outside"), ({"unlearning-epochs": -1}, "count"),
+                        ({"unlearned-accuracy": 2.0}, "outside"), ({"num-examples": -3}, "count")):
+        with pytest.raises(InvalidReply, match=reason):
+            check(reply(**bad))
+
+
 @pytest.mark.parametrize("bn", [False, True])
 def test_an_rnp_mask_scales_the_channel_weight_and_keeps_its_bias(bn):
     from defenses.rnp import neuron_masks
@@ -139,6 +165,9 @@ def test_an_rnp_mask_scales_the_channel_weight_and_keeps_its_bias(bn):
     assert torch.allclose(got, model(x), atol=1e-6)
 
 
+IBAU_RNP = "ibau-server?,rnp-server?,rnp?,ibau"
+
+
 def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     small = {"dataset": "mnist", "num-clients": 4, "labels-per-client": 10, "data-fraction": 0.05,
              "test-subset": 500, "lr": 0.05, "poison-lr": 0.05, "poison-epochs": 2, "trigger": "pixel-9",
@@ -148,7 +177,7 @@ def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     runs = {}
     # I-BAU with a vanishing learning rate and no attacker: the clients' I-BAU rounds leave the model as it was
     for defense, extra in (("clp,finetune-sam", {}), ("clp,finetune", {}),
-                           ("ibau-server?,rnp?,ibau", {"ibau-rounds": 2, "ibau-lr": 1e-12, "num-attackers": 0})):
+                           (IBAU_RNP, {"ibau-rounds": 2, "ibau-lr": 1e-12, "num-attackers": 0})):
         cfg = ExperimentConfig.from_flat({**small, "defense": defense, "clp-u": 1.0, "num-rounds": 0, **extra,
                                           "init-checkpoint": str(trained / "checkpoints" / "trained.pt"),
                                           "run-name": defense.replace(",", "-").replace("?", "")})
@@ -170,16 +199,25 @@ def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     assert all(torch.equal(after_clp[k], same_start[k]) for k in after_clp), "CLP is deterministic"
     assert any(not torch.equal(sam[k], plain[k]) for k in sam), "the clients took SAM steps"
 
-    ibau = json.loads((runs["ibau-server?,rnp?,ibau"] / "results.json").read_text())["phases"]
-    assert set(ibau) == {"training", "ibau-server", "rnp", "ibau"}
-    assert 1 <= ibau["rnp"]["unlearning_epochs"] <= 20 and 0.0 <= ibau["rnp"]["mask_min"] <= 1.0
-    assert ibau["rnp"]["rnp_pruned"] == sum(map(len, ibau["rnp"]["rnp_channels"].values()))
+    ibau = json.loads((runs[IBAU_RNP] / "results.json").read_text())["phases"]
+    assert set(ibau) == {"training", "ibau-server", "rnp-server", "rnp", "ibau"}
+    for rnp in ("rnp-server", "rnp"):
+        assert 1 <= ibau[rnp]["unlearning_epochs"] <= 20 and 0.0 <= ibau[rnp]["mask_min"] <= 1.0
+        assert ibau[rnp]["rnp_pruned"] == sum(map(len, ibau[rnp]["rnp_channels"].values()))
+    assert ibau["rnp"]["clients"] == 4, "every client sent its masks"
+    start = load_checkpoint(trained / "checkpoints" / "trained.pt")["state_dict"]
+    federated = load_checkpoint(runs[IBAU_RNP] / "checkpoints" / "rnp.pt")["state_dict"]
+    for name in ("features.conv1", "features.conv2"):  # mnist-cnn: the kernel goes, the bias stays
+        channels = ibau["rnp"]["rnp_channels"].get(name, [])
+        kept = [c for c in range(start[f"{name}.weight"].shape[0]) if c not in channels]
+        assert torch.all(federated[f"{name}.weight"][channels] == 0)
+        assert torch.equal(federated[f"{name}.weight"][kept], start[f"{name}.weight"][kept])
+        assert torch.equal(federated[f"{name}.bias"], start[f"{name}.bias"])
     n = int(validation_set(cfg).y.shape[0])
     assert ibau["ibau-server"]["steps"] == 2 * -(-n // 256), "two rounds over the validation set in batches of 256"
-    rows = read_csv(runs["ibau-server?,rnp?,ibau"] / "metrics.csv")
+    rows = read_csv(runs[IBAU_RNP] / "metrics.csv")
     assert [r["phase"] for r in rows].count("finetune") == 2 == ibau["ibau"]["rounds"]
-    start = load_checkpoint(trained / "checkpoints" / "trained.pt")["state_dict"]
-    unlearned = load_checkpoint(runs["ibau-server?,rnp?,ibau"] / "checkpoints" / "ibau.pt")["state_dict"]
+    unlearned = load_checkpoint(runs[IBAU_RNP] / "checkpoints" / "ibau.pt")["state_dict"]
     tuned = load_checkpoint(runs["clp,finetune"] / "checkpoints" / "clp+finetune.pt")["state_dict"]
     assert max(float((unlearned[k] - start[k]).abs().max()) for k in start) < 1e-6
     assert max(float((tuned[k] - after_clp[k]).abs().max()) for k in start) > 1e-3, "SGD would have moved it"

@@ -1,5 +1,6 @@
 """Hostile and faulty clients, through real Flower simulations: nothing they send breaks the run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -48,9 +49,10 @@ def test_invalid_model_replies_are_dropped_and_counted(data_dir, tmp_path):
     assert float(rows[-1]["ta"]) > float(rows[0]["ta"]) + 0.05, "the two honest clients still train the model"
 
 
-def test_invalid_rankings_votes_and_accuracies_are_dropped(data_dir, tmp_path):
-    cfg = tiny(data_dir, tmp_path, **{"num-clients": 6, "attacker-ids": "0,1,2", "num-rounds": 1,
-                                      "malformed-reply": "bad-ranking/bad-votes/bad-accuracy", "defense": "all",
+def test_invalid_rankings_votes_accuracies_and_masks_are_dropped(data_dir, tmp_path):
+    cfg = tiny(data_dir, tmp_path, **{"num-clients": 6, "attacker-ids": "0,1,2,3", "num-rounds": 1,
+                                      "malformed-reply": "bad-ranking/bad-votes/bad-accuracy/bad-masks",
+                                      "defense": "prune,aw?,finetune,aw,rnp?",
                                       "pruning-accuracy": "clients", "finetune-rounds": 1, "curve-points": 2})
     run_dir = run_simulation(cfg)
     bad = [d for d in dropped(run_dir) if d["phase"] in ("cleanse", "finetune")]
@@ -58,6 +60,8 @@ def test_invalid_rankings_votes_and_accuracies_are_dropped(data_dir, tmp_path):
     assert "permutation" in by_client[0]
     assert "votes to prune" in by_client[1]
     assert "[0, 1]" in by_client[2]
+    assert "masks lies outside [0, 1]" in by_client[3]
+    assert json.loads((run_dir / "results.json").read_text())["phases"]["prune+finetune+aw+rnp"]["clients"] == 5
     results = (run_dir / "results.md").read_text()
     assert "All TA" in results
     assert_finite_model(run_dir, "all")

@@ -104,6 +104,10 @@ class Behaviour:
         """Accuracies of the pruning levels or Deltas sent back."""
         return accuracies
 
+    def rnp_masks(self, masks: list[float]) -> list[float]:
+        """The RNP channel masks sent back (federated rnp)."""
+        return masks
+
 
 BEHAVIOURS: Registry[type[Behaviour]] = Registry("client behaviour", __name__)
 
@@ -153,6 +157,11 @@ class Conduct:
         for b in self.chain:
             accuracies = b.candidate_accuracies(accuracies)
         return accuracies
+
+    def rnp_masks(self, masks: list[float]) -> list[float]:
+        for b in self.chain:
+            masks = b.rnp_masks(masks)
+        return masks
 
 
 def conduct_of(cfg: ExperimentConfig, client_id: int) -> Conduct:

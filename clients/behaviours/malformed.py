@@ -2,7 +2,7 @@
 
 Process faults break the training job (raise, hang past the server's timeout, kill
 the worker); model faults break the submitted model; report faults break a neuron
-report or an accuracy report.
+report, an accuracy report or RNP masks.
 """
 
 from __future__ import annotations
@@ -116,3 +116,11 @@ class BadAccuracy(Behaviour):
 
     def candidate_accuracies(self, accuracies: list[float]) -> list[float]:
         return [1.5] * len(accuracies)
+
+
+@BEHAVIOURS.register("bad-masks", role="malformed")
+class BadMasks(Behaviour):
+    """RNP masks outside [0, 1]."""
+
+    def rnp_masks(self, masks: list[float]) -> list[float]:
+        return [-1.0] * len(masks)
