@@ -16,7 +16,7 @@ from torch import nn
 
 from fl_backdoor.masks import current_mask, install_mask, mask_on
 from fl_backdoor.models.chain import ChainNet
-from fl_backdoor.training import layer_weight, predict
+from fl_backdoor.training import accuracy, layer_weight
 
 from .extreme_weights import WeightStats, zero_extreme_weights
 from .neuron_ranking import mask_for
@@ -53,25 +53,26 @@ def candidate_measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     stored outputs, with the same batches, so it returns what ``accuracy(model, x, y)`` would,
     bit for bit.  Other models are measured whole.  The measure is only valid for ``model``.
     """
-    if isinstance(model, ChainNet) and y.shape[0]:
-        head, tail = model.cut_before(first)
-        model.eval()
-        with torch.no_grad():
-            heads = [head(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-
-        def predictions() -> torch.Tensor:
-            model.eval()
-            with torch.no_grad():
-                return torch.cat([tail(h).argmax(1) for h in heads])
-    else:
-        def predictions() -> torch.Tensor:
-            return predict(model, x, batch_size)
-
-    def measure(m: nn.Module) -> float:
+    def mine(m: nn.Module) -> None:
         if m is not model:
             raise ValueError("candidate_measure: the measure belongs to another model")
-        return float((predictions() == y).float().mean()) if y.shape[0] else 0.0
-    return measure
+
+    if not (isinstance(model, ChainNet) and y.shape[0]):
+        def whole(m: nn.Module) -> float:
+            mine(m)
+            return accuracy(model, x, y, batch_size)
+        return whole
+    head, tail = model.cut_before(first)
+    model.eval()
+    with torch.no_grad():
+        heads = [head(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+
+    def cut(m: nn.Module) -> float:
+        mine(m)
+        model.eval()
+        with torch.no_grad():
+            return float((torch.cat([tail(h).argmax(1) for h in heads]) == y).float().mean())
+    return cut
 
 
 def pruning_accuracies(model: nn.Module, order: Sequence[int], levels: Sequence[int], layer: str, size: int,
