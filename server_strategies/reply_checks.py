@@ -92,6 +92,13 @@ def votes_checker(size: int, rate: float) -> Checker:
     return check
 
 
+def _unit_value(metrics: Any, key: str) -> float:
+    value = metrics.get(key)
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise InvalidReply(f"{key} {value!r} lies outside [0, 1]")
+    return float(value)
+
+
 def _unit_values(metrics: Any, key: str, count: int) -> list[float]:
     values = metrics.get(key)
     if not isinstance(values, list) or len(values) != count:
@@ -114,12 +121,11 @@ def rnp_checker(count: int) -> Checker:
     unlearning epochs (a count) and unlearned accuracy (in [0, 1])."""
     def check(content: RecordDict) -> tuple[list[float], int, int, float]:
         metrics = _metrics(content)
-        epochs, accuracy = metrics.get("unlearning-epochs"), metrics.get("unlearned-accuracy")
+        epochs = metrics.get("unlearning-epochs")
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
             raise InvalidReply(f"unlearning-epochs {epochs!r} is not a count")
-        if not isinstance(accuracy, (int, float)) or not 0.0 <= accuracy <= 1.0:
-            raise InvalidReply(f"unlearned-accuracy {accuracy!r} lies outside [0, 1]")
-        return _unit_values(metrics, "masks", count), _num_examples(metrics), epochs, float(accuracy)
+        return (_unit_values(metrics, "masks", count), _num_examples(metrics), epochs,
+                _unit_value(metrics, "unlearned-accuracy"))
     return check
 
 
@@ -127,8 +133,5 @@ def evaluate_checker() -> Checker:
     """An evaluate reply: one accuracy in [0, 1] and an example count."""
     def check(content: RecordDict) -> tuple[float, int]:
         metrics = _metrics(content)
-        acc = metrics.get("accuracy")
-        if not isinstance(acc, (int, float)) or not 0.0 <= acc <= 1.0:
-            raise InvalidReply(f"accuracy {acc!r} lies outside [0, 1]")
-        return float(acc), _num_examples(metrics)
+        return _unit_value(metrics, "accuracy"), _num_examples(metrics)
     return check
