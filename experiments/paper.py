@@ -55,7 +55,7 @@ def parse_factors(text: str) -> list[str]:
 
 
 def parse_rules(text: str) -> list[str]:
-    """'paper,krum' -> ['paper', 'krum']: registered aggregation rules for the robust target."""
+    """'paper,krum' -> ['paper', 'krum']: registered aggregation rules for the robust and attacks targets."""
     from server_strategies.aggregators import AGGREGATORS
 
     names = [t.strip() for t in text.split(",") if t.strip()]
@@ -63,6 +63,18 @@ def parse_rules(text: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown aggregation rule(s) {', '.join(unknown) or '(none given)'}; "
                                          f"choose from {', '.join(AGGREGATORS.names())}")
+    return names
+
+
+def parse_defenses(text: str) -> list[str]:
+    """'clp,rnp' -> ['clp', 'rnp']: rows of the matrix target."""
+    from experiments.targets import MATRIX_DEFENSES
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in MATRIX_DEFENSES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown matrix defense(s) {', '.join(unknown) or '(none given)'}; "
+                                         f"choose from {', '.join(MATRIX_DEFENSES)}")
     return names
 
 
@@ -109,7 +121,9 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
     parser.add_argument("--factors", type=parse_factors, default=None,
                         help="ablation: the factors to run, in order, e.g. chosen,previous (default: all; see README)")
     parser.add_argument("--rules", type=parse_rules, default=None,
-                        help="robust: the aggregation rules, e.g. paper,krum,flame (default: all; see README)")
+                        help="robust, attacks: the aggregation rules, e.g. paper,krum,flame (default: all; see README)")
+    parser.add_argument("--defenses", type=parse_defenses, default=None,
+                        help="matrix: its rows, e.g. clp,finetune-sam,rnp (default: all; see README)")
     parser.add_argument("--variant", default="",
                         help="write the target's tables into <results-dir>/<target>-<variant> (e.g. a -c variant)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -123,7 +137,8 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
             raise UserError(f"-c {key}: the sweep sets it for every run (choose the place with --results-dir)")
     if args.pretrain_rounds is not None and args.pretrain_rounds < 0:
         raise UserError(f"--pretrain-rounds: must be >= 0, got {args.pretrain_rounds}")
-    setup = Setup(args.scale, args.config, args.pretrain_rounds, args.pairs, args.factors, args.rules)
+    setup = Setup(args.scale, args.config, args.pretrain_rounds, args.pairs, args.factors, args.rules,
+                  args.defenses)
     plan = TARGETS[args.target](setup)
     results_dir = Path(args.results_dir or f"results/paper-{args.scale}").expanduser().resolve()
     print(f"{args.target} at scale {args.scale}: {len(plan.experiments)} experiments, results in {results_dir}",

@@ -77,7 +77,8 @@ class Setup:
     pretrain_rounds: int | None = None  # --pretrain-rounds: replaces the scale's shared clean rounds
     pairs: list[Pair] | None = None  # --pairs: replaces the scale's MNIST and Fashion-MNIST pairs
     factors: list[str] | None = None  # --factors: the ablation's factors (default: all of them)
-    rules: list[str] | None = None  # --rules: the robust target's aggregation rules (default: all of them)
+    rules: list[str] | None = None  # --rules: the robust and attacks targets' aggregation rules (default: all)
+    defenses: list[str] | None = None  # --defenses: the matrix target's rows (default: all of them)
 
     @property
     def scale(self) -> Scale:

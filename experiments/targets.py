@@ -468,6 +468,8 @@ def attacks(setup: Setup) -> Plan:
     clipping and FLAME, before and after the All cleansing, on 3 pairs; label flipping and the Byzantine attacks
     (ALIE, IPM, MinMax) under FedAvg, Krum, median and trimmed mean: TA after training."""
     pairs = setup.scale.fmnist_pairs[:3]
+    backdoor_rules = [r for r in BACKDOOR_RULES if setup.rules is None or r in setup.rules]
+    untargeted_rules = [r for r in UNTARGETED_RULES if setup.rules is None or r in setup.rules]
 
     def training(label: str, v: int, a: int, rule: str, changes: dict[str, Any]) -> Experiment:
         run = setup.training(FMNIST, victim_label=v, attack_label=a, aggregation=rule, **changes)
@@ -476,16 +478,16 @@ def attacks(setup: Setup) -> Plan:
         return Experiment(f"fmnist-{v}to{a}-{label}-{rule}-train", run.config, parent=run.parent)
 
     backdoors = {(kind, rule, pair): defended(training(kind, *pair, rule, changes), "all")
-                 for kind, changes in BACKDOORS.items() for rule in BACKDOOR_RULES for pair in pairs}
+                 for kind, changes in BACKDOORS.items() for rule in backdoor_rules for pair in pairs}
     v, a = pairs[0]  # no trigger: the pair does not matter
     untargeted = {(kind, rule): training(kind, v, a, rule, changes)
-                  for kind, changes in UNTARGETED.items() for rule in UNTARGETED_RULES}
+                  for kind, changes in UNTARGETED.items() for rule in untargeted_rules}
 
     def report(outcome: SweepOutcome, out: Path) -> None:
         missing = [e.name for e in [*backdoors.values(), *untargeted.values()] if outcome.run_dir(e) is None]
         rows: list[Row] = []
         for kind in BACKDOORS:
-            for rule in BACKDOOR_RULES:
+            for rule in backdoor_rules:
                 found = [r for pair in pairs if (r := row_of(outcome, backdoors[(kind, rule, pair)]))]
                 rows.append({"attack": kind, "aggregation": rule, "pairs": len(found),
                              **{k: mean([r.get(k) for r in found])
@@ -494,13 +496,13 @@ def attacks(setup: Setup) -> Plan:
                    *phase_columns(("training", "all"))[2:]]
         write_table(out, "Backdoor attacks on Fashion-MNIST (averages over the finished pairs)", rows, columns,
                     labels=3, missing=missing, average=False)
-        ta = [{"attack": kind, **{rule: (r or {}).get("training_ta") for rule in UNTARGETED_RULES
+        ta = [{"attack": kind, **{rule: (r or {}).get("training_ta") for rule in untargeted_rules
                                   for r in [row_of(outcome, untargeted[(kind, rule)])]}}
               for kind in UNTARGETED]
         untargeted_out = out / "untargeted"
         write_table(untargeted_out, f"Untargeted attacks on Fashion-MNIST ({v}->{a} partition, 2 attackers of 10): "
                                     f"TA after training", ta,
-                    [Column("Attack", "attack"), *[Column(rule, rule) for rule in UNTARGETED_RULES]],
+                    [Column("Attack", "attack"), *[Column(rule, rule) for rule in untargeted_rules]],
                     labels=1, average=False)
     return Plan([*backdoors.values(), *untargeted.values()], report)
 
@@ -538,7 +540,7 @@ def matrix(setup: Setup) -> Plan:
     cells = {(name, setting, i): (defended(training, "all") if defense == "all" else
                                   training.child(training.label.replace("-train", f"-{name}"), defense=defense))
              for setting, trainings in settings.items() for i, training in enumerate(trainings)
-             for name, defense in MATRIX_DEFENSES.items()}
+             for name, defense in MATRIX_DEFENSES.items() if setup.defenses is None or name in setup.defenses}
 
     def measured(outcome: SweepOutcome, run: Experiment, defense: str) -> Row | None:
         """TA/AA (percent) after the defense's last step, the training's, and the defense's seconds."""
@@ -564,7 +566,7 @@ def matrix(setup: Setup) -> Plan:
         trained = {(r["setting"], r["pair"]): {"defense": "training", "setting": r["setting"],
                                                "ta": r["training_ta"], "aa": r["training_aa"]} for r in long_rows}
         rows: list[Row] = []
-        for name in ["training", *MATRIX_DEFENSES]:
+        for name in ["training", *[n for n in MATRIX_DEFENSES if setup.defenses is None or n in setup.defenses]]:
             mine = list(trained.values()) if name == "training" else [r for r in long_rows if r["defense"] == name]
             row: Row = {"defense": name}
             for setting in settings:

@@ -132,6 +132,22 @@ def test_attacks_crosses_each_backdoor_with_its_defenses_and_each_untargeted_att
                                                     ("ipm", "none", 2), ("minmax", "none", 2))}
 
 
+
+def test_attacks_rules_keep_only_the_chosen_rules_runs() -> None:
+    experiments = TARGETS["attacks"](Setup("full", [], None, None, rules=["paper", "krum"])).experiments
+    trained = [parent(e) if e.cfg.defense == "all" else e for e in experiments]
+    assert {e.cfg.aggregation for e in trained} == {"paper", "krum"}
+    assert len([e for e in experiments if e.cfg.defense == "all"]) == 4 * 3, "4 backdoors x 3 pairs under FedAvg"
+    assert len([e for e in experiments if e.cfg.defense == "train-only"]) == 5 * 2, "5 untargeted x FedAvg, Krum"
+
+
+def test_matrix_defenses_keep_only_the_chosen_rows_on_every_setting() -> None:
+    everything = plan("matrix").experiments
+    chosen = TARGETS["matrix"](Setup("full", [], None, None, defenses=["clp", "all"])).experiments
+    assert len(chosen) == 2 * 9 * 3, "2 defenses x 9 settings x 3 pairs"
+    assert {e.name for e in chosen} <= {e.name for e in everything}, "the same runs as the whole matrix's"
+    assert {e.cfg.defense for e in chosen} == {"clp", "all"}
+
 def test_fig7_report_reads_each_finished_runs_aw_curve_and_lists_the_rest(tmp_path) -> None:
     import json
 
