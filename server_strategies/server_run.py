@@ -66,7 +66,7 @@ class RunState:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     # progress of an unfinished round-based step: fine-tuning's patience, I-BAU's first round
-    finetune: dict[str, Any] = field(default_factory=dict)
+    step_progress: dict[str, Any] = field(default_factory=dict)
 
     def save(self, run_dir: RunDirectory) -> None:
         """Write state.json atomically."""
@@ -76,7 +76,12 @@ class RunState:
     def load(cls, run_dir: RunDirectory) -> RunState:
         """Read state.json (a fresh state when absent)."""
         path = run_dir.path / "state.json"
-        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+        if not path.exists():
+            return cls()
+        saved = json.loads(path.read_text())
+        if "finetune" in saved:  # the field's name in runs saved before it held I-BAU's progress too
+            saved["step_progress"] = saved.pop("finetune")
+        return cls(**saved)
 
 
 @dataclass

@@ -308,3 +308,15 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_by_starting_over(data
     assert resumed == tmp_path / "r"
     assert [r["round"] for r in read_csv(resumed / "metrics.csv")] == ["0", "1", "2"]
     assert (resumed / "results.json").exists()
+
+
+def test_a_state_saved_under_the_old_field_name_resumes_its_steps_progress(tmp_path):
+    from fl_backdoor.run_dir import RunDirectory
+    from server_strategies.server_run import RunState
+
+    (tmp_path / "state.json").write_text(json.dumps({"start_round": 3, "done": ["prune"],
+                                                    "finetune": {"ibau_start": 7}}))
+    state = RunState.load(RunDirectory(tmp_path))
+    assert (state.start_round, state.done, state.step_progress) == (3, ["prune"], {"ibau_start": 7})
+    state.save(RunDirectory(tmp_path))
+    assert "finetune" not in json.loads((tmp_path / "state.json").read_text())

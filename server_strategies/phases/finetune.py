@@ -43,21 +43,22 @@ def fine_tune(ctx: Cleansing, result: str, sharpness_aware: bool) -> None:
     cfg, run = ctx.cfg, ctx.run
     gm, state = run.global_model, run.state
     keep_best = cfg.finetune_keep == "best"
-    if not state.finetune:
-        state.finetune = {"best": ctx.model_accuracy(), "best_round": 0, "rounds": 0, "round": gm.round}
+    if not state.step_progress:
+        state.step_progress = {"best": ctx.model_accuracy(), "best_round": 0, "rounds": 0, "round": gm.round}
         if keep_best:
             run.checkpoint("ft-best", phase="finetune")
         state.save(run.run_dir)
-    rule = Patience(cfg.finetune_patience, cfg.finetune_rounds, baseline=state.finetune["best"])
-    rule.best_round, rule.rounds = state.finetune["best_round"], state.finetune["rounds"]
+    rule = Patience(cfg.finetune_patience, cfg.finetune_rounds, baseline=state.step_progress["best"])
+    rule.best_round, rule.rounds = state.step_progress["best_round"], state.step_progress["rounds"]
 
     def record(accuracy: float) -> None:
         if rule.update(accuracy) and keep_best:
             run.checkpoint("ft-best", phase="finetune")
-        state.finetune = {"best": rule.best, "best_round": rule.best_round, "rounds": rule.rounds, "round": gm.round}
+        state.step_progress = {"best": rule.best, "best_round": rule.best_round, "rounds": rule.rounds,
+                               "round": gm.round}
         state.save(run.run_dir)
 
-    if gm.round > state.finetune.get("round", gm.round):
+    if gm.round > state.step_progress.get("round", gm.round):
         # killed after a round's model was saved but before its accuracy was recorded: record it now
         record(ctx.model_accuracy())
     while not rule.stop:
@@ -66,7 +67,7 @@ def fine_tune(ctx: Cleansing, result: str, sharpness_aware: bool) -> None:
     kept_round = rule.kept_round(cfg.finetune_keep)
     if keep_best:
         gm.model.load_state_dict(load_checkpoint(run.run_dir.checkpoint("ft-best"))["state_dict"])
-    state.finetune = {}  # saved when the step completes; a later fine-tuning step starts afresh
+    state.step_progress = {}  # saved when the step completes; a later fine-tuning step starts afresh
     ctx.finish(result, rounds=rule.rounds, best_round=rule.best_round, kept_round=kept_round, best_accuracy=rule.best,
                keep=cfg.finetune_keep,
                note=f"{'SAM ' if sharpness_aware else ''}fine-tuned {rule.rounds} rounds "

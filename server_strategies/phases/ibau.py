@@ -29,13 +29,13 @@ if TYPE_CHECKING:
 def ibau(ctx: Cleansing, result: str) -> None:
     """ibau-rounds federated rounds of the clients' local I-BAU rounds."""
     run, gm = ctx.run, ctx.run.global_model
-    if "ibau_start" not in run.state.finetune:  # a resumed run continues the rounds it had started
-        run.state.finetune = {"ibau_start": gm.round}
+    if "ibau_start" not in run.state.step_progress:  # a resumed run continues the rounds it had started
+        run.state.step_progress = {"ibau_start": gm.round}
         run.state.save(run.run_dir)
-    end = run.state.finetune["ibau_start"] + ctx.cfg.ibau_rounds
+    end = run.state.step_progress["ibau_start"] + ctx.cfg.ibau_rounds
     while gm.round < end:
         run.federated_round("finetune", gm.round + 1, entries={"unlearning": "ibau"})
-    run.state.finetune = {}
+    run.state.step_progress = {}
     ctx.finish(result, rounds=ctx.cfg.ibau_rounds, note=f"federated I-BAU: {ctx.cfg.ibau_rounds} rounds")
 
 
