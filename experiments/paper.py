@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):  # run by path: make the experiments package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.scales import SCALES, Pair, Setup
-from experiments.targets import FACTORS, TARGETS, Plan
+from experiments.targets import FACTORS, MATRIX_DEFENSES, TARGETS, Plan
 from fl_backdoor.cli import add_config_arguments, run_cli
 from fl_backdoor.config import UserError
 from fl_backdoor.run_dir import write_json
@@ -44,38 +45,24 @@ def parse_pairs(text: str) -> list[Pair]:
     return pairs
 
 
-def parse_factors(text: str) -> list[str]:
-    """'chosen,previous' -> ['chosen', 'previous']: names of the ablation's factors."""
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in FACTORS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown factor(s) {', '.join(unknown) or '(none given)'}; "
-                                         f"choose from {', '.join(FACTORS)}")
-    return names
+def name_list(what: str, choices: Callable[[], Sequence[str]]) -> Callable[[str], list[str]]:
+    """An argparse type: 'a,b' -> ['a', 'b'], each one of ``choices()`` (read when the option is parsed)."""
+    def parse(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        known = choices()
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what}(s) {', '.join(unknown) or '(none given)'}; "
+                                             f"choose from {', '.join(known)}")
+        return names
+    return parse
 
 
-def parse_rules(text: str) -> list[str]:
-    """'paper,krum' -> ['paper', 'krum']: registered aggregation rules for the robust and attacks targets."""
+def aggregation_rules() -> tuple[str, ...]:
+    """The registered aggregation rules."""
     from server_strategies.aggregators import AGGREGATORS
 
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in AGGREGATORS.names()]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown aggregation rule(s) {', '.join(unknown) or '(none given)'}; "
-                                         f"choose from {', '.join(AGGREGATORS.names())}")
-    return names
-
-
-def parse_defenses(text: str) -> list[str]:
-    """'clp,rnp' -> ['clp', 'rnp']: rows of the matrix target."""
-    from experiments.targets import MATRIX_DEFENSES
-
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in MATRIX_DEFENSES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown matrix defense(s) {', '.join(unknown) or '(none given)'}; "
-                                         f"choose from {', '.join(MATRIX_DEFENSES)}")
-    return names
+    return AGGREGATORS.names()
 
 
 def run_plan(plan: Plan, results_dir: Path, *, report_only: bool = False, parallel: int | None = None,
@@ -118,11 +105,11 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
                         help="clean rounds shared by all pairs before the attack (default: the scale's; 0 = none)")
     parser.add_argument("--pairs", type=parse_pairs, default=None,
                         help="victim->attack pairs instead of the scale's, e.g. 9-0,9-1,0-9 (Tables I, II, V, VI)")
-    parser.add_argument("--factors", type=parse_factors, default=None,
+    parser.add_argument("--factors", type=name_list("factor", lambda: list(FACTORS)), default=None,
                         help="ablation: the factors to run, in order, e.g. chosen,previous (default: all; see README)")
-    parser.add_argument("--rules", type=parse_rules, default=None,
+    parser.add_argument("--rules", type=name_list("aggregation rule", aggregation_rules), default=None,
                         help="robust, attacks: the aggregation rules, e.g. paper,krum,flame (default: all; see README)")
-    parser.add_argument("--defenses", type=parse_defenses, default=None,
+    parser.add_argument("--defenses", type=name_list("matrix defense", lambda: list(MATRIX_DEFENSES)), default=None,
                         help="matrix: its rows, e.g. clp,finetune-sam,rnp (default: all; see README)")
     parser.add_argument("--variant", default="",
                         help="write the target's tables into <results-dir>/<target>-<variant> (e.g. a -c variant)")

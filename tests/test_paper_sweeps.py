@@ -110,3 +110,16 @@ def test_paper_script_runs_by_path_and_as_a_module(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert "table2: 0 runs finished" in done.stdout
     assert "(no finished runs)" in (tmp_path / "table2" / "table.md").read_text()
+
+
+@pytest.mark.parametrize(("option", "value", "said"), [
+    ("--factors", "chosen,nope", "unknown factor(s) nope; choose from chosen, "),
+    ("--rules", "krum,nope", "unknown aggregation rule(s) nope; choose from paper, "),
+    ("--defenses", " , ", "unknown matrix defense(s) (none given); choose from all, "),
+])
+def test_a_bad_name_list_is_one_error_line_naming_the_choices(tmp_path: Path, option: str, value: str,
+                                                              said: str) -> None:
+    done = subprocess.run([sys.executable, "experiments/paper.py", "matrix", option, value, "--report-only",
+                           "--results-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and f"argument {option}: {said}" in done.stderr
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir()), "nothing ran, nothing written"
