@@ -26,6 +26,7 @@ from experiments.reports import (
     write_table,
 )
 from experiments.scales import FMNIST, MNIST, Pair, Setup, defended
+from fl_backdoor.config import UserError
 from fl_backdoor.plots import plot_bars, plot_curves, plot_scatter
 from fl_backdoor.run_dir import atomic_write_text, read_csv, write_csv
 from fl_backdoor.sweeps import Experiment, Runner, SweepOutcome
@@ -470,6 +471,9 @@ def attacks(setup: Setup) -> Plan:
     pairs = setup.scale.fmnist_pairs[:3]
     backdoor_rules = [r for r in BACKDOOR_RULES if setup.rules is None or r in setup.rules]
     untargeted_rules = [r for r in UNTARGETED_RULES if setup.rules is None or r in setup.rules]
+    if not backdoor_rules and not untargeted_rules:
+        raise UserError(f"--rules {','.join(setup.rules or [])}: the attacks target runs only "
+                        f"{', '.join(dict.fromkeys([*BACKDOOR_RULES, *UNTARGETED_RULES]))}")
 
     def training(label: str, v: int, a: int, rule: str, changes: dict[str, Any]) -> Experiment:
         run = setup.training(FMNIST, victim_label=v, attack_label=a, aggregation=rule, **changes)

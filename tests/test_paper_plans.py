@@ -8,6 +8,7 @@ import pytest
 from experiments.compare_defenses import ComparisonRun
 from experiments.scales import SCALES, Setup
 from experiments.targets import FACTORS, TARGETS, Plan
+from fl_backdoor.config import UserError
 from fl_backdoor.sweeps import DEFENSE_KEYS, Experiment, SweepOutcome
 
 
@@ -139,6 +140,8 @@ def test_attacks_rules_keep_only_the_chosen_rules_runs() -> None:
     assert {e.cfg.aggregation for e in trained} == {"paper", "krum"}
     assert len([e for e in experiments if e.cfg.defense == "all"]) == 4 * 3, "4 backdoors x 3 pairs under FedAvg"
     assert len([e for e in experiments if e.cfg.defense == "train-only"]) == 5 * 2, "5 untargeted x FedAvg, Krum"
+    with pytest.raises(UserError, match="--rules dba: the attacks target runs only paper, norm-clip, flame, krum"):
+        TARGETS["attacks"](Setup("full", [], None, None, rules=["dba"]))
 
 
 def test_matrix_defenses_keep_only_the_chosen_rows_on_every_setting() -> None:
