@@ -541,10 +541,12 @@ def matrix(setup: Setup) -> Plan:
         # the attacks target's FedAvg runs of issue 14's backdoors
         **{kind: [Experiment(f"fmnist-{v}to{a}-{kind}-paper-train", fmnist(v, a, **BACKDOORS[kind]).config)
                   for v, a in f3] for kind in ("pgd", "neurotoxin", "blend")}}
+    chosen = {name: defense for name, defense in MATRIX_DEFENSES.items()
+              if setup.defenses is None or name in setup.defenses}
     cells = {(name, setting, i): (defended(training, "all") if defense == "all" else
                                   training.child(training.label.replace("-train", f"-{name}"), defense=defense))
              for setting, trainings in settings.items() for i, training in enumerate(trainings)
-             for name, defense in MATRIX_DEFENSES.items() if setup.defenses is None or name in setup.defenses}
+             for name, defense in chosen.items()}
 
     def measured(outcome: SweepOutcome, run: Experiment, defense: str) -> Row | None:
         """TA/AA (percent) after the defense's last step, the training's, and the defense's seconds."""
@@ -561,7 +563,7 @@ def matrix(setup: Setup) -> Plan:
         long_rows: list[Row] = []
         missing: list[str] = []
         for (name, setting, i), run in cells.items():
-            found = measured(outcome, run, MATRIX_DEFENSES[name])
+            found = measured(outcome, run, chosen[name])
             if found is None:
                 missing.append(run.name)
                 continue
@@ -570,7 +572,7 @@ def matrix(setup: Setup) -> Plan:
         trained = {(r["setting"], r["pair"]): {"defense": "training", "setting": r["setting"],
                                                "ta": r["training_ta"], "aa": r["training_aa"]} for r in long_rows}
         rows: list[Row] = []
-        for name in ["training", *[n for n in MATRIX_DEFENSES if setup.defenses is None or n in setup.defenses]]:
+        for name in ["training", *chosen]:
             mine = list(trained.values()) if name == "training" else [r for r in long_rows if r["defense"] == name]
             row: Row = {"defense": name}
             for setting in settings:
