@@ -392,10 +392,11 @@ def adaptive(setup: Setup) -> Plan:
 # --- training-time defenses (issue 13) --------------------------------------------------------------------
 ROBUST_RULES = ("paper", "krum", "multikrum", "bulyan", "median", "trimmed-mean", "norm-clip", "flame", "fltrust",
                 "foolsgold", "dp-fixed-clip")
-# the plain boosted attacker, DBA (four attackers, one piece each), then the adaptive ones
+# the sweep's order: the plain boosted attacker, the adaptive ones (the issue's "done means"), then DBA (four
+# attackers, one piece each)
 ROBUST_ATTACKS: dict[str, dict[str, Any]] = {
-    "none": {}, "dba": {"trigger": "dba", "num_attackers": 4},
-    "pruning-aware": {"adaptive_attack": "pruning-aware"}, "aw-aware": {"adaptive_attack": "aw-aware"}}
+    "none": {}, "pruning-aware": {"adaptive_attack": "pruning-aware"}, "aw-aware": {"adaptive_attack": "aw-aware"},
+    "dba": {"trigger": "dba", "num_attackers": 4}}
 
 
 def robust(setup: Setup) -> Plan:
