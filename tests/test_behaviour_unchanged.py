@@ -4,8 +4,11 @@ The last digits of a float32 training depend on the numeric kernels as well as o
 same commit, seed and config gave a round-1 training loss of 2.2794447 under the environment the
 numbers were first recorded in (before the registry refactor, issue 12, commit 8fd9d30) and
 2.2794459 under torch 2.14.1 on an AVX512 CPU, and by the pruning step RAP pruned 15 neurons in
-one and 10 in the other. So ``tests/fixtures/behaviour.json`` holds one recording per environment
-(torch, numpy, the CPU kernels torch dispatches to, the machine), made with::
+one and 10 in the other. Two machines that agree on all of those but the processor model differ
+too: at 627a267, an AMD EPYC of family 25 model 17 gave a round-3 TA of 65.8% where the first
+AVX512 recording has 65.4%. So ``tests/fixtures/behaviour.json`` holds one recording per
+environment (torch, numpy, the CPU kernels torch dispatches to, the processor's vendor, family and
+model, the machine), made with::
 
     FL_BACKDOOR_RECORD_BEHAVIOUR=1 pytest tests/test_behaviour_unchanged.py
 
@@ -55,10 +58,25 @@ SCHEDULE_KEYS = ("phase", "round", "clients", "attacking", "replies")
 RESULT_KEYS = ("ta", "aa", "pruned", "delta", "zeroed", "rounds", "kept_round")
 
 
+def cpu_model() -> str:
+    """The processor's vendor, family and model: the math libraries pick kernels by these, not only by ISA."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return platform.processor()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.read_text().splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return " ".join(fields.get(k, "?") for k in ("vendor_id", "cpu family", "model"))
+
+
 def environment() -> dict[str, str]:
     """What a run's last digits depend on besides the code and the seed."""
     return {"torch": torch.__version__, "numpy": np.__version__,
-            "cpu": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine()}
+            "cpu": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_model(),
+            "machine": platform.machine()}
 
 
 def observed(run_dir: Path) -> dict[str, Any]:
