@@ -79,9 +79,24 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def processor() -> str:
+    """The processor's vendor, family and model: torch's math libraries pick kernels by these, not only by
+    instruction set, so two machines with the same packages can differ in a float32 run's last digits."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return platform.processor()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.read_text().splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return " ".join(fields.get(k, "?") for k in ("vendor_id", "cpu family", "model"))
+
+
 def package_versions() -> dict[str, str]:
-    """Versions of Python, the platform, the key packages and the git commit."""
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    """Versions of Python, the platform and processor, the key packages and the git commit."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform(), "processor": processor()}
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)

@@ -33,7 +33,7 @@ import pytest
 import torch
 
 from fl_backdoor.config import ExperimentConfig
-from fl_backdoor.run_dir import read_csv
+from fl_backdoor.run_dir import processor, read_csv
 from server_strategies.simulation import run_simulation
 
 FIXTURE = Path(__file__).parent / "fixtures" / "behaviour.json"
@@ -58,24 +58,10 @@ SCHEDULE_KEYS = ("phase", "round", "clients", "attacking", "replies")
 RESULT_KEYS = ("ta", "aa", "pruned", "delta", "zeroed", "rounds", "kept_round")
 
 
-def cpu_model() -> str:
-    """The processor's vendor, family and model: the math libraries pick kernels by these, not only by ISA."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return platform.processor()
-    fields: dict[str, str] = {}
-    for line in cpuinfo.read_text().splitlines():
-        if not line.strip():
-            break
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    return " ".join(fields.get(k, "?") for k in ("vendor_id", "cpu family", "model"))
-
-
 def environment() -> dict[str, str]:
     """What a run's last digits depend on besides the code and the seed."""
     return {"torch": torch.__version__, "numpy": np.__version__,
-            "cpu": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_model(),
+            "cpu": torch.backends.cpu.get_cpu_capability(), "cpu_model": processor(),
             "machine": platform.machine()}
 
 

@@ -8,7 +8,7 @@ import torch
 
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.models import build_model
-from fl_backdoor.run_dir import load_checkpoint, read_csv
+from fl_backdoor.run_dir import load_checkpoint, processor, read_csv
 from server_strategies.simulation import run_simulation
 
 # Enough poisoned copies (about 150) and attacker steps that the backdoor holds by round 3.
@@ -45,6 +45,7 @@ def test_run_directory_holds_config_versions_checkpoint_and_plot(trained_run):
     assert Path(saved["data-dir"]).is_absolute()
     versions = json.loads((run_dir / "versions.json").read_text())
     assert versions["flwr"].startswith("1.4") and "torch" in versions
+    assert versions["processor"] == processor() != ""
     assert (run_dir / "metrics.png").stat().st_size > 1000
     ckpt = load_checkpoint(run_dir / "checkpoints" / "trained.pt")
     assert ckpt["round"] == ROUNDS
