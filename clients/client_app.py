@@ -7,32 +7,18 @@ carries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.cleansing_jobs import candidate_report, neuron_report, rnp_report
+from clients.jobs import Request, answer
 from clients.local_training import local_accuracy, run_local_job
 from fl_backdoor import protocol
 from fl_backdoor.allocator import keep_freed_memory
-from fl_backdoor.config import ExperimentConfig
-from fl_backdoor.masks import NeuronMask
 
 app = ClientApp()
-
-
-@dataclass(frozen=True)
-class Request:
-    """What every train, evaluate and query message carries."""
-
-    cfg: ExperimentConfig
-    config: ConfigRecord
-    client_id: int
-    state: dict[str, torch.Tensor]
-    mask: NeuronMask | None
 
 
 def unpack(msg: Message) -> Request:
@@ -66,14 +52,13 @@ def describe(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local training (benign or poisoned) of the received global model."""
+    """Local training (benign or poisoned) of the received global model, in a phase's training variant if named."""
     req = unpack(msg)
     key = f"client-memory-{req.client_id}"  # a node may play several logical clients
     memory = context.state.array_records[key].to_torch_state_dict() if key in context.state.array_records else {}
-    result = run_local_job(req.cfg, req.client_id, req.state, protocol.number(req.config, "server-round", int),
+    result = run_local_job(req.cfg, req.client_id, req.state, req.server_round,
                            str(req.config.get("phase", "train")), req.mask, memory,
-                           sharpness_aware=bool(req.config.get("sharpness-aware", False)),
-                           unlearning=str(req.config.get("unlearning", "")))
+                           training=str(req.config.get(protocol.TRAINING, "")))
     if memory:
         context.state[key] = ArrayRecord(memory)
     return reply(msg, {"num-examples": result.stats.num_examples, "train-loss": result.stats.loss}, result.state)
@@ -87,31 +72,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     return reply(msg, {"num-examples": total, "accuracy": correct / max(total, 1)})
 
 
-@app.query("rank_neurons")
-def rank_neurons(msg: Message, context: Context) -> Message:
-    """Federated pruning: this client's ranking (RAP) or votes (MVP) of the layer's neurons."""
-    req = unpack(msg)
-    method = str(req.config["method"])
-    report = neuron_report(req.cfg, req.client_id, req.state, req.mask, str(req.config["layer"]), method,
-                           protocol.number(req.config, "rate", float))
-    return reply(msg, {"ranking" if method == "rap" else "votes": report})
-
-
-@app.query("candidate_accuracy")
-def candidate_accuracy(msg: Message, context: Context) -> Message:
-    """Local clean accuracy of candidate pruning levels or AW Deltas."""
-    req = unpack(msg)
-    accs, examples = candidate_report(req.cfg, req.client_id, req.state, req.mask, str(req.config["kind"]),
-                                      str(req.config["layer"]), protocol.numbers(req.config, "order", int),
-                                      protocol.numbers(req.config, "candidates", float))
-    return reply(msg, {"accuracies": accs, "num-examples": examples})
-
-
-@app.query("rnp_masks")
-def rnp_masks(msg: Message, context: Context) -> Message:
-    """Federated RNP: channel masks recovered on this client's data after unlearning it."""
-    req = unpack(msg)
-    masks, examples, epochs, accuracy = rnp_report(req.cfg, req.client_id, req.state, req.mask,
-                                                   protocol.number(req.config, "server-round", int))
-    return reply(msg, {"masks": masks, "num-examples": examples, "unlearning-epochs": epochs,
-                       "unlearned-accuracy": accuracy})
+@app.query("phase")
+def phase_query(msg: Message, context: Context) -> Message:
+    """A defense phase's query (clients/jobs.py): the registered job the message names, on local data."""
+    return reply(msg, answer(unpack(msg)))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from clients.behaviours import TrainingPlan, conduct_of
-from defenses.ibau import ibau_settings, ibau_unlearn
+from clients.jobs import TRAINING, TrainingVariant
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.masks import NeuronMask, install_mask
@@ -29,11 +29,10 @@ class LocalResult:
     attacked: bool
 
 
-def benign_settings(cfg: ExperimentConfig, server_round: int = 1, sharpness_aware: bool = False) -> SGDSettings:
-    """The optimiser of an honest client in a round; ``sharpness_aware``: SAM steps of radius sam-rho."""
+def benign_settings(cfg: ExperimentConfig, server_round: int = 1) -> SGDSettings:
+    """The optimiser of an honest client in a round."""
     return SGDSettings(lr=cfg.lr * cfg.lr_decay ** (server_round - 1), epochs=cfg.local_epochs,
-                       batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                       sam_rho=cfg.sam_rho if sharpness_aware else 0.0, sam_adaptive=cfg.sam_adaptive)
+                       batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def job_generator(cfg: ExperimentConfig, client_id: int, server_round: int, phase: str) -> torch.Generator:
@@ -45,13 +44,11 @@ def job_generator(cfg: ExperimentConfig, client_id: int, server_round: int, phas
 
 def run_local_job(cfg: ExperimentConfig, client_id: int, global_state: dict[str, torch.Tensor],
                   server_round: int, phase: str = "train", mask: NeuronMask | None = None,
-                  memory: dict[str, torch.Tensor] | None = None, sharpness_aware: bool = False,
-                  unlearning: str = "") -> LocalResult:
+                  memory: dict[str, torch.Tensor] | None = None, training: str = "") -> LocalResult:
     """Train the global model on this client's data; the client's behaviours shape data, training and reply.
 
     ``memory`` is the client's store across jobs, changed in place by behaviours that keep one;
-    ``sharpness_aware`` makes the honest optimiser SAM's (the finetune-sam phase);
-    ``unlearning = "ibau"`` replaces an honest client's training by one I-BAU round (the ibau phase).
+    ``training`` names a phase's training variant (clients/jobs.py; empty = plain SGD).
     """
     conduct = conduct_of(cfg, client_id)
     job = conduct.job(cfg, client_id, server_round, phase, memory)
@@ -60,11 +57,13 @@ def run_local_job(cfg: ExperimentConfig, client_id: int, global_state: dict[str,
     model = client_model(cfg, global_state, mask)
     x, y = client_data(cfg, client_id, device)
     generator = job_generator(cfg, client_id, server_round, phase)
-    if unlearning == "ibau" and not job.attacking:
-        stats = ibau_unlearn(model, x, y, ibau_settings(cfg, rounds=1), generator)
+    variant = TRAINING[training]() if training else TrainingVariant()
+    own = None if job.attacking else variant.honest_training(cfg, model, x, y, generator)
+    if own is not None:
+        stats = own
     else:
-        plan = conduct.training(job, TrainingPlan(x, y, benign_settings(cfg, server_round, sharpness_aware)), model,
-                                mask)
+        plan = conduct.training(job, TrainingPlan(x, y, variant.settings(cfg, benign_settings(cfg, server_round))),
+                                model, mask)
         extra = l2_on_layer(str(model.last_conv), cfg.last_conv_l2) if cfg.last_conv_l2 > 0 else None
         stats = train(model, plan.x, plan.y, plan.settings, generator, batch_transform=plan.transform,
                       extra_loss=extra, after_step=plan.after_step)

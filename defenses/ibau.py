@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.training import TrainStats, shuffled_batches
 
 
@@ -45,11 +44,6 @@ class IBAUSettings:
     inner_step: float = 0.1
     regularizer: float = 0.001
     portion: float = 0.01
-
-
-def ibau_settings(cfg: ExperimentConfig, rounds: int) -> IBAUSettings:
-    """I-BAU's settings: the reference code's, with the configured bound and learning rate."""
-    return IBAUSettings(rounds=rounds, norm=cfg.ibau_norm, lr=cfg.ibau_lr)
 
 
 def project_l2(delta: torch.Tensor, radius: float) -> torch.Tensor:

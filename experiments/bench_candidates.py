@@ -19,7 +19,6 @@ from functools import partial
 
 import torch
 
-from clients.cleansing_jobs import candidate_report
 from clients.local_training import client_model
 from defenses.candidates import aw_accuracies, pruning_accuracies
 from defenses.extreme_weights import delta_schedule, weight_stats
@@ -29,6 +28,9 @@ from fl_backdoor.federation_data import client_data
 from fl_backdoor.models import build_model, layer_neurons, resolve_layer
 from fl_backdoor.run_dir import load_checkpoint
 from fl_backdoor.training import accuracy, layer_weight, pick_device
+from server_strategies.phases import PRUNING_LAYER
+from server_strategies.phases.aw import SMALLEST, START, STATS, STEP
+from server_strategies.phases.candidates import candidate_report
 
 
 def best_of(repeats: int, call: Callable[[], list[float]]) -> tuple[float, list[float]]:
@@ -53,12 +55,12 @@ def main() -> None:
     torch.manual_seed(cfg.seed)
     state = load_checkpoint(cfg.init_checkpoint)["state_dict"] if cfg.init_checkpoint else build_model(cfg).state_dict()
     model = client_model(cfg, state, None)
-    layer = resolve_layer(model, cfg.pruning_layer)
+    layer = resolve_layer(model, PRUNING_LAYER.of(cfg))
     size = layer_neurons(model, layer)
     x, y = client_data(cfg, args.client, pick_device(cfg.device))
     order = torch.randperm(size).tolist()
     candidates = {"pruning": [float(c) for c in pruning_levels(size - 1, MAX_PRUNING_LEVELS)],
-                  "aw": delta_schedule(cfg.aw_delta_start, cfg.aw_delta_step, cfg.aw_delta_min)}
+                  "aw": delta_schedule(START.of(cfg), STEP.of(cfg), SMALLEST.of(cfg))}
 
     def whole(m: torch.nn.Module) -> float:
         return accuracy(m, x, y, cfg.eval_batch_size)
@@ -66,7 +68,7 @@ def main() -> None:
     def client_report(kind: str, values: list[float]) -> list[float]:
         return candidate_report(cfg, args.client, state, None, kind, layer, order, values)[0]
 
-    stats = weight_stats(layer_weight(model, layer), None, cfg.aw_stats)
+    stats = weight_stats(layer_weight(model, layer), None, STATS.of(cfg))
     reference = {"pruning": lambda: pruning_accuracies(model, order, [int(c) for c in candidates["pruning"]],
                                                        layer, size, whole),
                  "aw": lambda: aw_accuracies(model, layer, stats, candidates["aw"], whole)}

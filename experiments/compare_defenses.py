@@ -61,7 +61,7 @@ from fl_backdoor.run_dir import (
     write_csv,
     write_json,
 )
-from fl_backdoor.sweeps import PLACEMENT_KEYS, SWEEP_KEYS, Experiment
+from fl_backdoor.sweeps import SWEEP_KEYS, Experiment
 from fl_backdoor.tables import PHASE_TITLES
 from fl_backdoor.training import SGDSettings, accuracy, pick_device, train
 
@@ -512,7 +512,7 @@ class ComparisonRun:
         out = Path(cfg.output_dir).expanduser().resolve() / cfg.run_name
         flat = cfg.to_flat()
         # the model's own config, placed (data, device) where the sweep runs this comparison
-        placement = {k: flat[k] for k in PLACEMENT_KEYS if k not in SWEEP_KEYS}
+        placement = {k: flat[k] for k in ExperimentConfig.keys_with_role("placement") if k not in SWEEP_KEYS}
         compare(Path(cfg.init_checkpoint), out, self.options, changes=placement)
         return out
 

@@ -14,7 +14,8 @@ from .config import ExperimentConfig, UserError, config_from_args
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """-c/--config key=value (repeatable), the same keys as `flwr run --run-config`."""
     parser.add_argument("-c", "--config", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any run-config key (see README: Configuration); repeatable")
+                        help="override any run-config key (docs/configuration.md), one key=value each; "
+                             "the value may hold spaces; repeatable")
 
 
 def config_from_cli(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> ExperimentConfig:

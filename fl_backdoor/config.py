@@ -3,11 +3,16 @@
 The same schema is read from Flower's run config (``[tool.flwr.app.config]`` and
 ``flwr run . --run-config``), from ``-c key=value`` options of the experiment
 scripts, and from keyword arguments in Python.  Keys are kebab-case
-(``num-clients``); the Python attributes are their snake_case twins
-(``num_clients``).  Every value is a scalar (int, float, bool or str) so that
-the whole config travels inside a Flower ``ConfigRecord``; lists are written as
-comma-separated strings (``attacker-ids = "0,3"``) and round sets as ranges
-(``attack-rounds = "11-20,25"``).
+(``num-clients``); the core's keys are also attributes of the config, as their
+snake_case twins (``cfg.num_clients``).  Every value is a scalar (int, float, bool
+or str) so that the whole config travels inside a Flower ``ConfigRecord``; lists are
+written as comma-separated strings (``attacker-ids = "0,3"``) and round sets as
+ranges (``attack-rounds = "11-20,25"``).
+
+The schema is assembled: the core's keys are the fields below; every registered
+component declares its own keys and the rules it needs where it registers
+(``fl_backdoor.settings``), and a config reads them with ``Setting.of`` or
+``value(key)``.  This module knows no component package by name.
 """
 
 from __future__ import annotations
@@ -15,28 +20,22 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import importlib
 import json
-import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, UserError
-from .registry import Registry, load_plugins, unknown_choice
+from .models import MODELS, model_input
+from .registry import REGISTRIES, Registry, load_plugins, unknown_choice
+from .settings import Rule, Setting, Value, declared, load_components
+from .triggers import TRIGGERS, trigger_for, trigger_pieces
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 DEFAULT_MODEL = {"mnist": "mnist-cnn", "fashion-mnist": "fmnist-cnn", "cifar10": "vgg11"}
-PARTITIONS = ("iid", "k-labels", "dirichlet")
-ATTACK_MODES = ("victim", "all-to-one")
-PRUNING_METHODS = ("rap", "mvp")
-PRUNING_ACCURACY_SOURCES = ("server", "clients")
-PRUNING_STOPS = ("per-step", "cumulative")
-FINETUNE_KEEPS = ("last", "best")
-FINETUNE_ATTACKS = ("replace", "poison", "benign")
-AW_STATS = ("all", "kept")
-AW_KEEPS = ("crossing", "passing")
 NUM_CLASSES = 10
 ROLES = {
     "placement": "where or how a run executes, not what it computes (not part of a sweep run's identity)",
@@ -53,47 +52,44 @@ ROLES = {
     "cleansing": "the post-training defense (ignored by a training-only run's identity)",
     "evaluation": "what is measured when",
 }
+# the keys whose values name registered components, in the order `--choices` lists them
+CHOICE_KEYS = ("model", "trigger", "aggregation", "adaptive-attack", "malformed-reply", "byzantine-attack", "defense")
 
 __all__ = ["ConfigError", "ExperimentConfig", "UserError"]
 
 
-def registry(module: str, name: str) -> Registry[Any]:
-    """A component registry, imported when first needed (the components import this module)."""
-    reg: Registry[Any] = getattr(importlib.import_module(module), name)
-    return reg
+def registry_choosing(key: str) -> Registry[Any]:
+    """The registry whose entries the config key ``key`` names."""
+    load_components()
+    for registry in REGISTRIES:
+        if key in registry.choices:
+            return registry
+    raise ConfigError(f"{key}: no installed component package provides its choices")
 
 
-def _registered(
-    module: str, name: str, role: str | None = None, extra: tuple[str, ...] = ()
-) -> Callable[[], tuple[str, ...]]:
-    """Choices read from a registry (optionally only entries of one role), plus fixed extras."""
-
+def registered(key: str) -> Any:
+    """The choices of a core key, read from the registry that provides them when first needed."""
     def choices() -> tuple[str, ...]:
-        reg = registry(module, name)
-        return extra + tuple(n for n in reg.names() if role is None or reg.meta(n).get("role") == role)
-
+        registry = registry_choosing(key)
+        return registry.choices[key](registry)
     return choices
 
 
-MODEL_CHOICES = _registered("fl_backdoor.models", "MODELS")
-TRIGGER_CHOICES = _registered("fl_backdoor.triggers", "TRIGGERS")
-AGGREGATION_CHOICES = _registered("server_strategies.aggregators", "AGGREGATORS")
-ADAPTIVE_CHOICES = _registered("clients.behaviours", "BEHAVIOURS", "adaptive", ("none",))
-MALFORMED_CHOICES = _registered("clients.behaviours", "BEHAVIOURS", "malformed", ("none",))
-BYZANTINE_CHOICES = _registered("server_strategies.byzantine", "BYZANTINE", None, ("none",))
+def _opt(roles: str, default: Any, help: str, added: bool = False, **check: Any) -> Any:
+    """A core key: its roles, default and meaning, and its check (Setting's choices, low, high, ...).
 
-
-def _opt(roles: str, default: Any, help: str, added: bool = False, **kw: Any) -> Any:
-    # added: a key introduced after sweeps were recorded (see ExperimentConfig.added_defaults)
-    return field(default=default, metadata={"help": help, "roles": tuple(roles.split()), "added": added, **kw})
+    ``added``: a key introduced after sweeps were recorded (see ExperimentConfig.added_defaults).
+    """
+    return field(default=default, metadata={"help": help, "roles": roles, "added": added, "check": check})
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """Every setting of a run: data, federation, attack, defense and output."""
+    """Every setting of a run: the core's keys as fields, every component's in ``components``."""
 
     # --- run ---------------------------------------------------------------
-    seed: int = _opt("split test-set", 0, "Seed of everything random: partitions, model init, sampling, training.")
+    seed: int = _opt("split test-set", 0, "Seed of everything random: partitions, model init, sampling, training.",
+                     low=0)
     output_dir: str = _opt("placement sweep", "runs", "Directory under which each run gets its own directory.")
     run_name: str = _opt("placement sweep", "", "Name of the run directory; empty = <time>-<dataset>-<mode>.")
     resume: bool = _opt(
@@ -106,7 +102,7 @@ class ExperimentConfig:
         "placement",
         "",
         "Comma-separated modules or .py files imported first in every process; the "
-        "components they register become valid choices (README: Extending).",
+        "components they register become valid choices (docs/extending.md).",
     )
     # --- data ----------------------------------------------------------------
     dataset: str = _opt("split test-set", "fashion-mnist", "mnist | fashion-mnist | cifar10.", choices=DATASETS)
@@ -114,73 +110,62 @@ class ExperimentConfig:
         "placement split test-set", "", "Dataset directory; empty = $FL_BACKDOOR_DATA_DIR, else ./data."
     )
     download: bool = _opt("placement split test-set", True, "Download a missing dataset (with checksum checks).")
-    data_fraction: float = _opt("split", 1.0, "Use this stratified fraction of the training set (smaller = faster).")
+    data_fraction: float = _opt("split", 1.0, "Use this stratified fraction of the training set (smaller = faster).",
+                                low=0.0, high=1.0, low_open=True)
     validation_fraction: float = _opt(
         "split",
         0.01,
         "Share of the training set held out as the server's clean set (validation, centralized defenses).",
+        low=0.0, high=0.5, low_open=True, high_open=True,
     )
-    test_subset: int = _opt("test-set", 0, "Evaluate on this many test images (stratified); 0 = the whole test set.")
-    partition: str = _opt("partition", "k-labels", "iid | k-labels (the paper) | dirichlet (DBA).", choices=PARTITIONS)
-    labels_per_client: int = _opt("partition", 3, "K of the k-labels partition.")
+    test_subset: int = _opt("test-set", 0, "Evaluate on this many test images (stratified); 0 = the whole test set.",
+                            low=0)
+    partition: str = _opt("partition", "k-labels", "iid | k-labels (the paper) | dirichlet (DBA).",
+                          choices=("iid", "k-labels", "dirichlet"))
+    labels_per_client: int = _opt("partition", 3, "K of the k-labels partition.", low=1, high=NUM_CLASSES)
     equal_size: bool = _opt("partition", True, "k-labels: every client gets the same number of samples.")
-    dirichlet_alpha: float = _opt("partition", 0.5, "Concentration of the Dirichlet partition.")
+    dirichlet_alpha: float = _opt("partition", 0.5, "Concentration of the Dirichlet partition.", low=0.0,
+                                  low_open=True)
     # --- model ---------------------------------------------------------------
-    model: str = _opt("model", "", "A registered model (fl_backdoor/models); empty = the dataset's default.")
+    model: str = _opt("model", "", "A registered model (docs/extending.md); empty = the dataset's default.")
     model_widths: str = _opt(
         "model", "", "Conv widths, e.g. '8,16' (small) or '20,50' (large) for mnist-cnn; empty = model default."
     )
     # --- federation ------------------------------------------------------------
-    num_clients: int = _opt("partition", 10, "Number of clients (data partitions).")
-    num_rounds: int = _opt("federation", 60, "Training rounds run by this invocation.")
+    num_clients: int = _opt("partition", 10, "Number of clients (data partitions).", low=1)
+    num_rounds: int = _opt("federation", 60, "Training rounds run by this invocation.", low=0)
     fraction: float = _opt(
-        "federation", 1.0, "Fraction of clients sampled per round (1.0 = all, the paper's simplification)."
+        "federation", 1.0, "Fraction of clients sampled per round (1.0 = all, the paper's simplification).",
+        low=0.0, high=1.0, low_open=True,
     )
     aggregation: str = _opt(
-        "federation", "paper", "paper: G += 1/n sum(L-G); dba: G += eta/n sum(L-G).", choices=AGGREGATION_CHOICES
+        "federation", "paper", "paper: G += 1/n sum(L-G); dba: G += eta/n sum(L-G).", choices=registered("aggregation")
     )
-    server_lr: float = _opt("federation", 1.0, "eta of the dba aggregation (the DBA reference uses 0.1).")
-    robust_f: int = _opt("federation", 1, "Malicious clients the Byzantine-robust rules (krum, multikrum, bulyan) "
-                                          "assume: the defender's guess, never read from the attack settings.",
-                         added=True)
-    multikrum_select: int = _opt("federation", 0, "multikrum: models averaged (m); 0 = n - f.", added=True)
-    trim_fraction: float = _opt("federation", 0.2, "trimmed-mean: fraction cut at each end of every coordinate "
-                                                   "(Flower's FedTrimmedAvg beta).", added=True)
-    clip_norm: float = _opt("federation", 0.0, "norm-clip: L2 bound on each client's update; 0 = the round's "
-                                               "median update norm.", added=True)
-    flame_lambda: float = _opt("federation", 0.001, "flame: Gaussian noise sigma = lambda x the median update "
-                                                    "norm (FLAME's value for image classification).", added=True)
-    foolsgold_features: str = _opt("federation", "all", "foolsgold: the update histories compared: all (the "
-                                                        "reference code) or output (the last layer's weights).",
-                                   choices=("all", "output"), added=True)
-    foolsgold_confidence: float = _opt("federation", 1.0, "foolsgold: kappa of the logit (the paper's 1).",
-                                       added=True)
-    dp_clip_norm: float = _opt("federation", 3.0, "dp-fixed-clip: L2 bound C on each update (Sun et al. 2019's "
-                                                  "norm bound 3).", added=True)
-    dp_noise_multiplier: float = _opt("federation", 0.25, "dp-fixed-clip: z; noise sigma = z * C / clients per "
-                                                          "round (Sun et al.'s weak DP: 0.025 at C 3, 30 clients).",
-                                      added=True)
-    dp_delta: float = _opt("federation", 1e-5, "dp-fixed-clip: the delta at which epsilon is reported.", added=True)
-    min_replies: int = _opt("federation", 1, "Skip a round (keep the model) when fewer valid replies arrive.")
-    round_timeout: float = _opt("placement", 3600.0, "Seconds the server waits for the replies of one round.")
+    server_lr: float = _opt("federation", 1.0, "eta of the dba aggregation (the DBA reference uses 0.1).", low=0.0,
+                            low_open=True)
+    min_replies: int = _opt("federation", 1, "Skip a round (keep the model) when fewer valid replies arrive.", low=1)
+    round_timeout: float = _opt("placement", 3600.0, "Seconds the server waits for the replies of one round "
+                                                     "(inf = no limit).", low=0.0, low_open=True, infinite=True)
     # --- benign local training -------------------------------------------------
-    lr: float = _opt("training", 0.2, "Client learning rate.")
-    momentum: float = _opt("training", 0.0, "Client SGD momentum (the attacker uses it too).")
-    weight_decay: float = _opt("training", 5e-4, "Client SGD weight decay.")
-    batch_size: int = _opt("training", 64, "Client batch size.")
-    local_epochs: int = _opt("training", 1, "Benign local epochs per round.")
+    lr: float = _opt("training", 0.2, "Client learning rate.", low=0.0, low_open=True)
+    momentum: float = _opt("training", 0.0, "Client SGD momentum (the attacker uses it too).", low=0.0)
+    weight_decay: float = _opt("training", 5e-4, "Client SGD weight decay.", low=0.0)
+    batch_size: int = _opt("training", 64, "Client batch size.", low=1)
+    local_epochs: int = _opt("training", 1, "Benign local epochs per round.", low=1)
     lr_decay: float = _opt(
-        "training", 0.98, "Client and attacker learning rates are multiplied by this every round: lr * decay^(round-1)."
+        "training", 0.98, "Client and attacker learning rates are multiplied by this every round: "
+                          "lr * decay^(round-1).", low=0.0, high=1.0, low_open=True,
     )
-    last_conv_l2: float = _opt("training", 0.0, "L2 penalty (lambda) on the last conv layer during training (Fig. 10).")
+    last_conv_l2: float = _opt("training", 0.0, "L2 penalty (lambda) on the last conv layer during training (Fig. 10).",
+                               low=0.0)
     # --- attack ------------------------------------------------------------------
     attack_mode: str = _opt(
         "partition",
         "victim",
         "victim: VL -> AL (the paper); all-to-one: every label -> AL (DBA).",
-        choices=ATTACK_MODES,
+        choices=("victim", "all-to-one"),
     )
-    num_attackers: int = _opt("partition", 1, "Attackers are clients 0..n-1 unless attacker-ids is set.")
+    num_attackers: int = _opt("partition", 1, "Attackers are clients 0..n-1 unless attacker-ids is set.", low=0)
     attacker_ids: str = _opt("partition", "", "Comma-separated attacker client ids (overrides num-attackers).")
     attack_rounds: str = _opt(
         "schedule",
@@ -191,58 +176,40 @@ class ExperimentConfig:
     attackers_always_selected: bool = _opt(
         "schedule", True, "With fraction < 1, attackers are sampled in their attack rounds."
     )
-    victim_label: int = _opt("partition", 9, "VL: the label whose triggered images should flip (victim mode).")
-    attack_label: int = _opt("attack", 0, "AL: the label the trigger should produce.")
+    victim_label: int = _opt("partition", 9, "VL: the label whose triggered images should flip (victim mode).",
+                             low=0, high=NUM_CLASSES - 1)
+    attack_label: int = _opt("attack", 0, "AL: the label the trigger should produce.", low=0, high=NUM_CLASSES - 1)
     trigger: str = _opt(
-        "attack", "pixel-1", "pixel-1/3/5/7/9 (BadNets patterns) or dba (four local pieces).", choices=TRIGGER_CHOICES
+        "attack", "pixel-1", "pixel-1/3/5/7/9 (BadNets patterns) or dba (four local pieces).",
+        choices=registered("trigger"),
     )
-    blend_alpha: float = _opt("attack", 0.2, "blend trigger: weight of the noise pattern (Chen et al.'s 0.2).",
-                              added=True)
-    blend_seed: int = _opt("attack", 0, "blend trigger: seed of its noise pattern.", added=True)
-    semantic_margin: float = _opt("attack", 0.02, "semantic-green: how far the mean green must exceed the mean "
-                                                  "red and blue.", added=True)
     trigger_origin: str = _opt(
         "attack", "", "row,col of the trigger pattern's top-left pixel; empty = the pattern's own place."
     )
     dba_pieces: str = _opt(
         "attack", "", "DBA piece (0-3) held by each attacker, comma-separated; empty = attacker k holds k mod 4."
     )
-    poison_per_batch: int = _opt("attack", 20, "all-to-one: poisoned samples in each batch of 'batch-size'.")
+    poison_per_batch: int = _opt("attack", 20, "all-to-one: poisoned samples in each batch of 'batch-size'.", low=0)
     gamma: float = _opt(
         "attack",
         2.0,
         "Model-replacement scale: the attacker submits G + gamma * (L - G); 1 <= gamma <= n/eta "
         "(n clients per round; n/eta = N in the paper's FedAvg, 100 in DBA's).",
+        low=1.0,
     )
-    poison_lr: float = _opt("attack", 0.2, "Attacker learning rate.")
-    poison_epochs: int = _opt("attack", 4, "Attacker local epochs.")
+    poison_lr: float = _opt("attack", 0.2, "Attacker learning rate.", low=0.0, low_open=True)
+    poison_epochs: int = _opt("attack", 4, "Attacker local epochs.", low=1)
     poison_lr_steps: bool = _opt("attack", False, "Attacker lr x0.1 at 20% and 80% of its epochs (DBA reference).")
     adaptive_attack: str = _opt(
-        "attack", "none", "Adaptive attacker (Sec. VI-B; clients/behaviours).", choices=ADAPTIVE_CHOICES
+        "attack", "none", "Adaptive attacker (Sec. VI-B; docs/attacks.md).", choices=registered("adaptive-attack")
     )
-    adaptive_delta: float = _opt("attack", 3.0, "Delta within which the aw-aware attacker clips its last conv layer.")
-    byzantine_attack: str = _opt("attack", "none", "Colluding model poisoning (server_strategies/byzantine): the "
-                                                   "attackers' replies become one malicious update.",
-                                 choices=BYZANTINE_CHOICES, added=True)
-    byzantine_knowledge: str = _opt("attack", "omniscient", "What the Byzantine attackers know: omniscient (every "
-                                                            "client's honest update) or colluders (their own).",
-                                    choices=("omniscient", "colluders"), added=True)
-    alie_z: float = _opt("attack", 0.0, "alie: z; 0 = the paper's z_max from n and m.", added=True)
-    ipm_epsilon: float = _opt("attack", 0.1, "ipm: epsilon of -epsilon x the honest mean.", added=True)
-    minmax_gamma: float = _opt("attack", 10.0, "minmax: gamma_init of the paper's search.", added=True)
-    neurotoxin_ratio: float = _opt("attack", 0.99, "neurotoxin: share of coordinates the attacker may change, "
-                                                   "those the last global update moved least (the reference's "
-                                                   "0.99).", added=True)
-    pgd_norm: float = _opt("attack", 0.0, "pgd: L2 bound on the attacker's submitted update; 0 = the norm of its "
-                                          "own honest update of the round.", added=True)
-    pgd_every: int = _opt("attack", 10, "pgd: optimiser steps between projections (Wang et al.'s 10).", added=True)
-    oracle_checkpoint: str = _opt(
-        "attack", "", "pruning-aware-oracle: checkpoint whose pruning mask the attacker is given."
-    )
+    byzantine_attack: str = _opt("attack", "none", "Colluding model poisoning (docs/attacks.md): the attackers' "
+                                                   "replies become one malicious update.",
+                                 choices=registered("byzantine-attack"), added=True)
     malformed_reply: str = _opt(
         "faults",
         "none",
-        "Attackers send this kind of invalid reply (clients/behaviours/malformed.py); "
+        "Attackers send this kind of invalid reply (the docs' page on hostile clients); "
         "one kind per attacker separated by '/' gives each its own.",
     )
     # --- defense -------------------------------------------------------------------
@@ -250,134 +217,98 @@ class ExperimentConfig:
         "cleansing",
         "train-only",
         "A mode of the paper (train-only, fp, fp-aw, all, aw) or a comma-separated "
-        "list of phases (server_strategies/phases; 'name?' runs a phase, reports it and "
-        "undoes it): all = prune,aw?,finetune,aw.",
-    )
-    pruning_method: str = _opt(
-        "cleansing", "rap", "rap: aggregate ranks; mvp: majority votes.", choices=PRUNING_METHODS
-    )
-    pruning_layer: str = _opt(
-        "cleansing", "", "Layer whose neurons are ranked and pruned; empty = the model's last conv layer."
-    )
-    mvp_rate: float = _opt("cleansing", 0.5, "p of MVP: each client votes to prune its p*P least active neurons.")
-    pruning_accuracy: str = _opt(
-        "cleansing",
-        "server",
-        "Accuracy for the pruning stop: server validation set or client reports.",
-        choices=PRUNING_ACCURACY_SOURCES,
-    )
-    pruning_max_drop: float = _opt(
-        "cleansing", 0.01, "Pruning stops when validation accuracy drops more than this (see pruning-stop)."
-    )
-    pruning_stop: str = _opt(
-        "cleansing",
-        "per-step",
-        "per-step: stop before the count whose accuracy drops more than pruning-max-drop "
-        "below the previous count's (Sec. V-C); cumulative: below the unpruned model's.",
-        choices=PRUNING_STOPS,
-    )
-    finetune_rounds: int = _opt("cleansing", 10, "Maximum federated fine-tuning rounds.")
-    finetune_patience: int = _opt(
-        "cleansing",
-        2,
-        "Stop fine-tuning after this many rounds without improving on the best accuracy "
-        "so far (the pruned model's included).",
-    )
-    finetune_keep: str = _opt(
-        "cleansing",
-        "last",
-        "Model fine-tuning hands to AW: last (the model when it stops, Algorithm 1) or "
-        "best (best validation accuracy, the pruned model of round 0 included).",
-        choices=FINETUNE_KEEPS,
+        "list of phases ('name?' runs a phase, reports it and undoes it): all = prune,aw?,finetune,aw.",
     )
     finetune_attack: str = _opt(
         "cleansing",
         "replace",
         "Attackers during fine-tuning: replace (poison and boost by gamma, as in "
         "training), poison (gamma 1) or benign (train honestly).",
-        choices=FINETUNE_ATTACKS,
-    )
-    sam_rho: float = _opt("cleansing", 2.0, "finetune-sam: radius rho of the weight perturbation (FT-SAM's "
-                                            "BackdoorBench setting, 2.0, with adaptive SAM).", added=True)
-    sam_adaptive: bool = _opt("cleansing", True, "finetune-sam: adaptive SAM (perturbation scaled by |w|, "
-                                                 "Kwon et al. 2021) as FT-SAM uses; false = plain SAM.", added=True)
-    clp_u: float = _opt("cleansing", 3.0, "clp: prune the channels whose Lipschitz upper bound exceeds "
-                                          "mean + u std of their layer (3, as BackdoorBench's CLP configuration).",
-                         added=True)
-    ibau_rounds: int = _opt("cleansing", 5, "ibau, ibau-server: I-BAU rounds (the reference code's 5); federated, "
-                                            "one round is one FedAvg round of every client's local I-BAU round.",
-                            added=True)
-    ibau_norm: float = _opt("cleansing", 10.0, "ibau: L2 bound on the universal perturbation (the reference's 10).",
-                            added=True)
-    ibau_lr: float = _opt("cleansing", 1e-4, "ibau: Adam learning rate of the unlearning steps (BackdoorBench's "
-                                             "I-BAU configuration).", added=True)
-    rnp_threshold: float = _opt("cleansing", 0.7, "rnp, rnp-server: prune the channels whose recovered mask "
-                                                  "(federated: the clients' average) is at most this "
-                                                  "(BackdoorBench's RNP pruning_number).", added=True)
-    aw_delta: float = _opt(
-        "cleansing", 0.0, "Fixed AW threshold Delta (the paper's fixed value is 3); 0 = adaptive search."
-    )
-    aw_delta_start: float = _opt("cleansing", 10.0, "Adaptive AW: first Delta.")
-    aw_delta_step: float = _opt("cleansing", 0.25, "Adaptive AW: Delta decrement.")
-    aw_delta_min: float = _opt("cleansing", 0.5, "Adaptive AW: smallest Delta tried.")
-    aw_max_drop: float = _opt(
-        "cleansing", 0.01, "Adaptive AW: keep shrinking Delta while validation accuracy stays within this of its start."
-    )
-    aw_keep: str = _opt(
-        "cleansing",
-        "crossing",
-        "Adaptive AW: keep the Delta whose accuracy crossed the threshold (Algorithm 1) or the last one that passed.",
-        choices=AW_KEEPS,
-    )
-    aw_stats: str = _opt(
-        "cleansing",
-        "all",
-        "mu and sigma of AW over all weights of the layer, a pruned neuron's counted as zero "
-        "(Sec. IV-C), or over the kept neurons' weights only.",
-        choices=AW_STATS,
-    )
-    curve_points: int = _opt(
-        "cleansing", 16, "Points of the pruning (Fig. 5) and Delta (Fig. 6) curves; 0 = no curves."
+        choices=("replace", "poison", "benign"),
     )
     # --- evaluation and compute ------------------------------------------------------
-    eval_every: int = _opt("evaluation", 1, "Evaluate the global model every this many rounds (and after the last).")
-    eval_batch_size: int = _opt("placement", 1000, "Batch size of evaluation.")
-    client_cpus: float = _opt("placement", 1.0, "CPUs reserved per simulated client (Ray actor).")
-    client_gpus: float = _opt("placement", 0.0, "GPUs reserved per simulated client.")
-    device: str = _opt("placement", "auto", "cpu | cuda | auto (cuda when available).")
+    eval_every: int = _opt("evaluation", 1, "Evaluate the global model every this many rounds (and after the last).",
+                           low=1)
+    eval_batch_size: int = _opt("placement", 1000, "Batch size of evaluation.", low=1)
+    client_cpus: float = _opt("placement", 1.0, "CPUs reserved per simulated client (Ray actor).", low=0.0,
+                              low_open=True)
+    client_gpus: float = _opt("placement", 0.0, "GPUs reserved per simulated client.", low=0.0)
+    device: str = _opt("placement", "auto", "cpu | cuda | auto (cuda when available).", choices=("auto", "cpu", "cuda"))
+    # --- the components' keys: (key, value) in declaration order, every declared key present ----
+    components: tuple[tuple[str, Value], ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        given = dict(self.components)
+        unknown = sorted(set(given) - set(declared()))
+        if unknown:
+            raise ConfigError(f"unknown config key '{unknown[0]}' (python -m fl_backdoor.config lists every key)")
+        values = tuple((key, given.get(key, d.setting.default)) for key, d in declared().items())
+        object.__setattr__(self, "components", values)
+
+    @cached_property
+    def _component_values(self) -> dict[str, Value]:
+        return dict(self.components)
 
     # ------------------------------------------------------------------------------
     @classmethod
+    def schema(cls) -> dict[str, Setting[Any]]:
+        """Every key's declaration: the core's, then every registered component's, in order."""
+        core = {s.key: s for s in CORE_SETTINGS}
+        return {**core, **{key: d.setting for key, d in declared().items()}}
+
+    @classmethod
     def keys(cls) -> list[str]:
         """All config keys in kebab-case."""
-        return [f.name.replace("_", "-") for f in dataclasses.fields(cls)]
+        return list(cls.schema())
 
     @classmethod
     def from_flat(cls, values: Mapping[str, Any], *, validate: bool = True) -> ExperimentConfig:
         """Build a config from flat kebab-case (or snake_case) keys, coercing strings.
 
-        Raises ConfigError for an unknown key or a value of the wrong type.
+        The plugins come first, so that their keys are known.  Raises ConfigError for an
+        unknown key or a value of the wrong type.
         """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            name = key.replace("-", "_")
-            if name not in fields:
-                close = difflib.get_close_matches(key.replace("_", "-"), cls.keys(), n=1)
+        plugins = next((v for k, v in values.items() if k == "plugins"), "")
+        load_plugins(str(plugins))
+        schema = cls.schema()
+        core: dict[str, Any] = {}
+        components: dict[str, Value] = {}
+        for raw_key, value in values.items():
+            key = raw_key.replace("_", "-")
+            if key not in schema:
+                close = difflib.get_close_matches(key, list(schema), n=1)
                 hint = f"did you mean '{close[0]}'?" if close else "python -m fl_backdoor.config lists every key"
-                raise ConfigError(f"unknown config key '{key}' ({hint})")
-            kwargs[name] = _coerce(key, value, type(fields[name].default))
-        cfg = cls(**kwargs)
+                raise ConfigError(f"unknown config key '{raw_key}' ({hint})")
+            coerced = schema[key].coerce(value)
+            if key in CORE_KEYS:
+                core[key.replace("-", "_")] = coerced
+            else:
+                components[key] = coerced
+        cfg = cls(**core, components=tuple(components.items()))
         if validate:
             cfg.validate()
         return cfg
 
+    def value(self, key: str) -> Value:
+        """The value of any key (kebab-case), the core's or a component's."""
+        if key in CORE_KEYS:
+            value: Value = getattr(self, key.replace("-", "_"))
+            return value
+        if key in self._component_values:
+            return self._component_values[key]
+        known = declared()  # a component registered after this config was made: its default
+        if key not in known:
+            raise ConfigError(f"unknown config key '{key}'")
+        return known[key].setting.default
+
     def to_flat(self) -> dict[str, Any]:
         """The config as flat kebab-case keys with scalar values."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        flat: dict[str, Any] = {s.key: getattr(self, s.key.replace("-", "_")) for s in CORE_SETTINGS}
+        flat.update({key: self.value(key) for key in declared()})
+        return flat
 
     def replace(self, **changes: Any) -> ExperimentConfig:
-        """A validated copy with some values changed (snake_case names)."""
+        """A validated copy with some values changed (snake_case or kebab-case names)."""
         flat = self.to_flat()
         flat.update({k.replace("_", "-"): v for k, v in changes.items()})
         return ExperimentConfig.from_flat(flat)
@@ -400,13 +331,18 @@ class ExperimentConfig:
         return parse_int_list(self.model_widths, "model-widths")
 
     @property
+    def image_size(self) -> int:
+        """Height (= width) of the dataset's images."""
+        return 32 if self.dataset == "cifar10" else 28
+
+    @property
     def clients_per_round(self) -> int:
         """Number of clients sampled in a round."""
         return self.num_clients if self.fraction >= 1.0 else max(1, round(self.fraction * self.num_clients))
 
     @property
     def attackers(self) -> tuple[int, ...]:
-        """Ids of the attacking clients."""
+        """Ids of the attackers."""
         if self.attacker_ids.strip():
             return parse_int_list(self.attacker_ids, "attacker-ids")
         return tuple(range(self.num_attackers))
@@ -431,8 +367,6 @@ class ExperimentConfig:
 
     def dba_piece_of(self, client_id: int) -> int:
         """The piece of a distributed trigger held by an attacker (default: attacker k holds k mod pieces)."""
-        from .triggers import trigger_pieces
-
         pieces = parse_int_list(self.dba_pieces, "dba-pieces")
         k = self.attackers.index(client_id)
         return pieces[k] if pieces else k % trigger_pieces(self.trigger)
@@ -440,225 +374,206 @@ class ExperimentConfig:
     @property
     def server_eta(self) -> float:
         """The server learning rate of the aggregation (1 unless the aggregator takes server-lr)."""
-        uses_lr = registry("server_strategies.aggregators", "AGGREGATORS").meta(self.aggregation).get("server_lr")
+        uses_lr = registry_choosing("aggregation").meta(self.aggregation).get("server_lr")
         return self.server_lr if uses_lr else 1.0
 
     @classmethod
     def added_defaults(cls) -> dict[str, Any]:
         """Keys added after sweeps were recorded, with their defaults: a sweep run's identity includes
         them only when set away from the default, so earlier runs keep their directory names."""
-        return {f.name.replace("_", "-"): f.default for f in dataclasses.fields(cls) if f.metadata["added"]}
+        return {key: s.default for key, s in cls.schema().items() if s.added}
 
     @classmethod
     def keys_with_role(cls, role: str) -> tuple[str, ...]:
         """The kebab-case keys that declare a role (see ROLES)."""
         if role not in ROLES:
             raise ValueError(f"unknown role '{role}'")
-        return tuple(f.name.replace("_", "-") for f in dataclasses.fields(cls) if role in f.metadata["roles"])
+        return tuple(key for key, s in cls.schema().items() if role in s.role_names)
 
     # --- validation -------------------------------------------------------------------
+    def checked_rules(self) -> list[tuple[Rule, str]]:
+        """The rules that apply to this config: the core's, then those of every component it picks,
+        each with what it is declared by."""
+        rules = [(rule, "core") for rule in CORE_RULES]
+        for registry in REGISTRIES:
+            for name in registry.picked(self):
+                rules += [(rule, f"{registry.kind} {name}") for rule in registry.rules(name)]
+        return rules
+
     def validate(self) -> None:
-        """Check every value; raise ConfigError naming the first bad key.
+        """Check every value, then every rule between keys; raise ConfigError naming the first bad key.
 
         The plugins are imported first, so that the components they register are valid choices.
         """
         load_plugins(self.plugins)
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if callable(choices):
-                choices = choices()
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise ConfigError(unknown_choice(f.name.replace("_", "-"), value, tuple(choices)))
-        from .models import model_input
+        for key, setting in self.schema().items():
+            problem = setting.problem(self.value(key))
+            if problem:
+                raise ConfigError(problem)
+        for rule, _ in self.checked_rules():
+            message = None if rule.warning else rule.message(self)
+            if message:
+                raise ConfigError(message)
 
-        if self.model:
-            _check(self.model in MODEL_CHOICES(), "model", unknown_choice("model", self.model, MODEL_CHOICES()))
-        channels, size = model_input(self.model_name)
-        data_channels, data_size = (3, 32) if self.dataset == "cifar10" else (1, 28)
-        if (channels, size) != (data_channels, data_size):
-            raise ConfigError(
-                f"model: '{self.model_name}' takes {channels}x{size}x{size} inputs, "
-                f"{self.dataset} images are {data_channels}x{data_size}x{data_size}"
-            )
-        _check(self.num_clients >= 1, "num-clients", f"must be >= 1, got {self.num_clients}")
-        _check(self.num_rounds >= 0, "num-rounds", f"must be >= 0, got {self.num_rounds}")
-        _check(0.0 < self.fraction <= 1.0, "fraction", f"must be in (0, 1], got {self.fraction}")
-        _check(0.0 < self.data_fraction <= 1.0, "data-fraction", f"must be in (0, 1], got {self.data_fraction}")
-        _check(self.test_subset >= 0, "test-subset", f"must be >= 0, got {self.test_subset}")
-        _check(
-            1 <= self.labels_per_client <= NUM_CLASSES,
-            "labels-per-client",
-            f"must be in 1..{NUM_CLASSES}, got {self.labels_per_client}",
-        )
-        _check(self.dirichlet_alpha > 0, "dirichlet-alpha", f"must be > 0, got {self.dirichlet_alpha}")
-        for key in ("lr", "poison_lr", "server_lr"):
-            _check(getattr(self, key) > 0, key.replace("_", "-"), f"must be > 0, got {getattr(self, key)}")
-        for key in ("batch_size", "local_epochs", "poison_epochs", "eval_every", "eval_batch_size"):
-            _check(getattr(self, key) >= 1, key.replace("_", "-"), f"must be >= 1, got {getattr(self, key)}")
-        _check(0.0 < self.lr_decay <= 1.0, "lr-decay", f"must be in (0, 1], got {self.lr_decay}")
-        _check(self.min_replies >= 1, "min-replies", f"must be >= 1, got {self.min_replies}")
-        _check(self.robust_f >= 0, "robust-f", f"must be >= 0, got {self.robust_f}")
-        _check(self.multikrum_select >= 0, "multikrum-select", f"must be >= 0, got {self.multikrum_select}")
-        _check(0.0 <= self.trim_fraction < 0.5, "trim-fraction", f"must be in [0, 0.5), got {self.trim_fraction}")
-        _check(self.clip_norm >= 0, "clip-norm", f"must be >= 0, got {self.clip_norm}")
-        _check(self.flame_lambda >= 0, "flame-lambda", f"must be >= 0, got {self.flame_lambda}")
-        _check(self.foolsgold_confidence > 0, "foolsgold-confidence",
-               f"must be > 0, got {self.foolsgold_confidence}")
-        _check(self.dp_clip_norm > 0, "dp-clip-norm", f"must be > 0, got {self.dp_clip_norm}")
-        _check(self.dp_noise_multiplier > 0, "dp-noise-multiplier", f"must be > 0, got {self.dp_noise_multiplier}")
-        _check(0.0 < self.dp_delta < 1.0, "dp-delta", f"must be in (0, 1), got {self.dp_delta}")
-        self.widths  # noqa: B018 - parses model-widths
-        attackers = self.attackers
-        if not self.attacker_ids.strip():
-            _check(
-                0 <= self.num_attackers <= self.num_clients,
-                "num-attackers",
-                f"{self.num_attackers} attackers but only {self.num_clients} clients",
-            )
-        _check(len(set(attackers)) == len(attackers), "attacker-ids", f"repeated ids in '{self.attacker_ids}'")
-        bad = [a for a in attackers if not 0 <= a < self.num_clients]
-        _check(not bad, "attacker-ids", f"ids {bad} out of range 0..{self.num_clients - 1}")
-        specs = self.attack_rounds.split("/")
-        for spec in specs:
-            parse_round_spec(spec, "attack-rounds")
-        _check(
-            len(specs) in (1, len(attackers)),
-            "attack-rounds",
-            f"{len(specs)} '/'-separated specs for {len(attackers)} attackers",
-        )
-        for key in ("victim_label", "attack_label"):
-            value = getattr(self, key)
-            _check(0 <= value < NUM_CLASSES, key.replace("_", "-"), f"label {value} out of range 0..{NUM_CLASSES - 1}")
-        if self.attack_mode == "victim" and attackers:
-            _check(self.victim_label != self.attack_label, "attack-label", "must differ from victim-label")
-        replace_at = self.clients_per_round / self.server_eta
-        _check(
-            1.0 <= self.gamma <= max(replace_at, 1.0) + 1e-9,
-            "gamma",
-            f"must be in [1, n/eta={replace_at:g}] (n={self.clients_per_round} clients per round; "
-            f"gamma = n/eta replaces the global model), got {self.gamma}",
-        )
-        _check(
-            0 <= self.poison_per_batch <= self.batch_size,
-            "poison-per-batch",
-            f"must be in 0..batch-size ({self.batch_size}), got {self.poison_per_batch}",
-        )
-        from .triggers import trigger_for, trigger_pieces
-
-        pieces, count = parse_int_list(self.dba_pieces, "dba-pieces"), trigger_pieces(self.trigger)
-        if pieces:
-            _check(count > 0, "dba-pieces", f"trigger '{self.trigger}' is not distributed in pieces")
-            _check(len(pieces) == len(attackers), "dba-pieces", f"{len(pieces)} pieces for {len(attackers)} attackers")
-            _check(all(0 <= p < count for p in pieces), "dba-pieces", f"pieces must be 0..{count - 1}, got {pieces}")
-        _check(0.0 < self.blend_alpha <= 1.0, "blend-alpha", f"must be in (0, 1], got {self.blend_alpha}")
-        origin = parse_int_list(self.trigger_origin, "trigger-origin")
-        _check(len(origin) in (0, 2), "trigger-origin", f"expected 'row,col', got '{self.trigger_origin}'")
-        try:
-            trigger = trigger_for(self.trigger, data_size, origin, config=self.to_flat())
-        except ValueError as exc:
-            raise ConfigError(f"trigger: {exc}") from None
-        if trigger.semantic:
-            _check(self.attack_mode == "victim", "attack-mode",
-                   f"trigger '{self.trigger}' relabels the victim images that have its feature: it needs victim mode")
-            _check(self.dataset == "cifar10" or not registry("fl_backdoor.triggers", "TRIGGERS")
-                   .meta(self.trigger).get("colour"), "trigger", f"'{self.trigger}' needs colour images (cifar10)")
-        outside = trigger.outside(data_size)
-        _check(
-            not outside,
-            "trigger-origin",
-            f"trigger '{self.trigger}' puts pixels {outside[:3]} outside the {data_size}x{data_size} image",
-        )
-        _check(0.0 < self.mvp_rate < 1.0, "mvp-rate", f"must be in (0, 1), got {self.mvp_rate}")
-        _check(
-            0.0 < self.validation_fraction < 0.5,
-            "validation-fraction",
-            f"must be in (0, 0.5), got {self.validation_fraction}",
-        )
-        for key in ("pruning_max_drop", "aw_max_drop"):
-            value = getattr(self, key)
-            _check(0.0 <= value <= 1.0, key.replace("_", "-"), f"must be in [0, 1], got {value}")
-        _check(self.curve_points >= 0, "curve-points", f"must be >= 0, got {self.curve_points}")
-        _check(self.finetune_rounds >= 0, "finetune-rounds", f"must be >= 0, got {self.finetune_rounds}")
-        _check(math.isfinite(self.sam_rho) and self.sam_rho > 0, "sam-rho", f"must be > 0, got {self.sam_rho}")
-        _check(math.isfinite(self.clp_u), "clp-u", f"must be a finite number, got {self.clp_u}")
-        _check(self.ibau_rounds >= 1, "ibau-rounds", f"must be >= 1, got {self.ibau_rounds}")
-        _check(math.isfinite(self.ibau_norm) and self.ibau_norm > 0, "ibau-norm", f"must be > 0, got {self.ibau_norm}")
-        _check(math.isfinite(self.ibau_lr) and self.ibau_lr > 0, "ibau-lr", f"must be > 0, got {self.ibau_lr}")
-        _check(0.0 <= self.rnp_threshold <= 1.0, "rnp-threshold", f"must be in [0, 1], got {self.rnp_threshold}")
-        _check(self.finetune_patience >= 1, "finetune-patience", f"must be >= 1, got {self.finetune_patience}")
-        _check(self.aw_delta >= 0, "aw-delta", f"must be >= 0, got {self.aw_delta}")
-        _check(self.aw_delta_step > 0, "aw-delta-step", f"must be > 0, got {self.aw_delta_step}")
-        _check(
-            0 < self.aw_delta_min <= self.aw_delta_start,
-            "aw-delta-min",
-            f"must be in (0, aw-delta-start={self.aw_delta_start}], got {self.aw_delta_min}",
-        )
-        _check(self.client_cpus > 0, "client-cpus", f"must be > 0, got {self.client_cpus}")
-        importlib.import_module("server_strategies.phases").defense_steps(self.defense)
-        _check(self.device in ("auto", "cpu", "cuda"), "device", f"'{self.device}' is not one of auto, cpu, cuda")
-        _check(not (self.resume and self.init_checkpoint), "resume", "cannot be combined with init-checkpoint")
-        kinds = self.malformed_reply.split("/")
-        malformed = MALFORMED_CHOICES()
-        for kind in kinds:
-            _check(kind in malformed, "malformed-reply", unknown_choice("kind", kind, malformed))
-        _check(
-            len(kinds) in (1, len(attackers)),
-            "malformed-reply",
-            f"{len(kinds)} '/'-separated kinds for {len(attackers)} attackers",
-        )
-        _check(self.adaptive_delta > 0, "adaptive-delta", f"must be > 0, got {self.adaptive_delta}")
-        _check(self.pgd_norm >= 0, "pgd-norm", f"must be >= 0, got {self.pgd_norm}")
-        _check(0.0 < self.neurotoxin_ratio <= 1.0, "neurotoxin-ratio",
-               f"must be in (0, 1], got {self.neurotoxin_ratio}")
-        _check(self.alie_z >= 0, "alie-z", f"must be >= 0, got {self.alie_z}")
-        _check(self.ipm_epsilon > 0, "ipm-epsilon", f"must be > 0, got {self.ipm_epsilon}")
-        _check(self.minmax_gamma > 0, "minmax-gamma", f"must be > 0, got {self.minmax_gamma}")
-        _check(self.pgd_every >= 1, "pgd-every", f"must be >= 1, got {self.pgd_every}")
-        _check(
-            self.adaptive_attack != "pruning-aware-oracle" or bool(self.oracle_checkpoint),
-            "oracle-checkpoint",
-            "pruning-aware-oracle needs the checkpoint holding the final mask",
-        )
-        _check(not (self.resume and not self.run_name), "resume", "needs run-name (the run directory to continue)")
-        _check(self.run_name in ("", Path(self.run_name).name) and self.run_name not in (".", ".."), "run-name",
-               f"'{self.run_name}' is not a single directory name inside output-dir")
+    def warnings(self) -> list[str]:
+        """One line per combination that acts only sometimes (the rules declared as warnings)."""
+        found = (rule.message(self) for rule, _ in self.checked_rules() if rule.warning)
+        return [message for message in found if message]
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
+CORE_SETTINGS: tuple[Setting[Any], ...] = tuple(
+    Setting(f.name.replace("_", "-"), f.default, f.metadata["help"], f.metadata["roles"], added=f.metadata["added"],
+            **f.metadata["check"])
+    for f in dataclasses.fields(ExperimentConfig) if f.name != "components"
+)
+CORE_KEYS = frozenset(s.key for s in CORE_SETTINGS)
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    """Convert a raw value (often a string from a command line) to the field's type."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value).strip())
-        except ValueError:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-    if kind is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value
+# --- the core's rules between keys ------------------------------------------------------------
+def _model_fits(cfg: ExperimentConfig) -> str | None:
+    if cfg.model and cfg.model not in MODELS:
+        return unknown_choice("model", cfg.model, MODELS.names()).partition(": ")[2]
+    channels, size = model_input(cfg.model_name)
+    data_channels = 3 if cfg.dataset == "cifar10" else 1
+    if (channels, size) != (data_channels, cfg.image_size):
+        return (f"'{cfg.model_name}' takes {channels}x{size}x{size} inputs, "
+                f"{cfg.dataset} images are {data_channels}x{cfg.image_size}x{cfg.image_size}")
+    cfg.widths  # noqa: B018 - parses model-widths
+    return None
+
+
+def _attackers_exist(cfg: ExperimentConfig) -> str | None:
+    if not cfg.attacker_ids.strip() and cfg.num_attackers > cfg.num_clients:
+        return f"{cfg.num_attackers} attackers but only {cfg.num_clients} clients"
+    return None
+
+
+def _attacker_ids(cfg: ExperimentConfig) -> str | None:
+    attackers = cfg.attackers
+    if len(set(attackers)) != len(attackers):
+        return f"repeated ids in '{cfg.attacker_ids}'"
+    bad = [a for a in attackers if not 0 <= a < cfg.num_clients]
+    return f"ids {bad} out of range 0..{cfg.num_clients - 1}" if bad else None
+
+
+def _attack_rounds(cfg: ExperimentConfig) -> str | None:
+    specs = cfg.attack_rounds.split("/")
+    for spec in specs:
+        parse_round_spec(spec, "attack-rounds")
+    if len(specs) not in (1, len(cfg.attackers)):
+        return f"{len(specs)} '/'-separated specs for {len(cfg.attackers)} attackers"
+    return None
+
+
+def _labels_differ(cfg: ExperimentConfig) -> str | None:
+    if cfg.attack_mode == "victim" and cfg.attackers and cfg.victim_label == cfg.attack_label:
+        return "must differ from victim-label"
+    return None
+
+
+def _gamma_bound(cfg: ExperimentConfig) -> str | None:
+    replace_at = cfg.clients_per_round / cfg.server_eta
+    if cfg.gamma <= max(replace_at, 1.0) + 1e-9:
+        return None
+    return (f"must be in [1, n/eta={replace_at:g}] (n={cfg.clients_per_round} clients per round; "
+            f"gamma = n/eta replaces the global model), got {cfg.gamma}")
+
+
+def _poison_per_batch(cfg: ExperimentConfig) -> str | None:
+    if cfg.poison_per_batch <= cfg.batch_size:
+        return None
+    return f"must be in 0..batch-size ({cfg.batch_size}), got {cfg.poison_per_batch}"
+
+
+def _dba_pieces(cfg: ExperimentConfig) -> str | None:
+    pieces, count = parse_int_list(cfg.dba_pieces, "dba-pieces"), trigger_pieces(cfg.trigger)
+    if not pieces:
+        return None
+    if count == 0:
+        return f"trigger '{cfg.trigger}' is not distributed in pieces"
+    if len(pieces) != len(cfg.attackers):
+        return f"{len(pieces)} pieces for {len(cfg.attackers)} attackers"
+    return None if all(0 <= p < count for p in pieces) else f"pieces must be 0..{count - 1}, got {list(pieces)}"
+
+
+def _trigger_fits(cfg: ExperimentConfig) -> str | None:
+    origin = parse_int_list(cfg.trigger_origin, "trigger-origin")
+    if len(origin) not in (0, 2):
+        return f"expected 'row,col', got '{cfg.trigger_origin}'"
+    try:
+        trigger = trigger_for(cfg.trigger, cfg.image_size, origin, config=cfg.to_flat())
+    except ValueError as exc:
+        raise ConfigError(f"trigger: {exc}") from None
+    if trigger.semantic:
+        if cfg.attack_mode != "victim":
+            raise ConfigError(f"attack-mode: trigger '{cfg.trigger}' relabels the victim images that have its "
+                              f"feature: it needs victim mode")
+        if cfg.dataset != "cifar10" and TRIGGERS.meta(cfg.trigger).get("colour"):
+            raise ConfigError(f"trigger: '{cfg.trigger}' needs colour images (cifar10)")
+    outside = trigger.outside(cfg.image_size)
+    if outside:
+        return (f"trigger '{cfg.trigger}' puts pixels {outside[:3]} outside the "
+                f"{cfg.image_size}x{cfg.image_size} image")
+    return None
+
+
+def _resume(cfg: ExperimentConfig) -> str | None:
+    if cfg.resume and cfg.init_checkpoint:
+        return "cannot be combined with init-checkpoint"
+    return "needs run-name (the run directory to continue)" if cfg.resume and not cfg.run_name else None
+
+
+def _run_name(cfg: ExperimentConfig) -> str | None:
+    if cfg.run_name in ("", Path(cfg.run_name).name) and cfg.run_name not in (".", ".."):
+        return None
+    return f"'{cfg.run_name}' is not a single directory name inside output-dir"
+
+
+def _min_replies(cfg: ExperimentConfig) -> str | None:
+    if cfg.min_replies <= cfg.clients_per_round:
+        return None
+    return (f"{cfg.min_replies} valid replies needed, but only {cfg.clients_per_round} clients take part in a round: "
+            f"every round would be skipped")
+
+
+def _attacks_need_attackers(cfg: ExperimentConfig) -> str | None:
+    chosen = [f"{key} '{cfg.value(key)}'" for key in ("adaptive-attack", "byzantine-attack", "malformed-reply")
+              if cfg.value(key) != "none"]
+    if cfg.attackers or not chosen:
+        return None
+    return f"{' and '.join(chosen)} with no attackers (num-attackers 0, attacker-ids empty) never acts"
+
+
+def _attack_rounds_reached(cfg: ExperimentConfig) -> str | None:
+    if cfg.init_checkpoint or cfg.resume or cfg.num_rounds == 0 or not cfg.attackers:
+        return None  # rounds continue a checkpoint's numbering, or nothing trains
+    idle = [a for a in cfg.attackers if cfg.attack_spec(a).strip().lower() != "none"
+            and not any(cfg.attacks_in_round(a, r) for r in range(1, cfg.num_rounds + 1))]
+    if not idle:
+        return None
+    who = "no attacker" if len(idle) == len(cfg.attackers) else f"attacker(s) {idle}"
+    return f"'{cfg.attack_rounds}' gives {who} a round among this run's rounds 1..{cfg.num_rounds}"
+
+
+CORE_RULES: tuple[Rule, ...] = (
+    Rule("model", "the model is registered and takes the dataset's image size and channels", _model_fits),
+    Rule("num-attackers", "num-attackers <= num-clients", _attackers_exist),
+    Rule("attacker-ids", "distinct ids in 0..num-clients - 1", _attacker_ids),
+    Rule("attack-rounds", "one spec, or one per attacker separated by '/'", _attack_rounds),
+    Rule("attack-label", "differs from victim-label in victim mode", _labels_differ),
+    Rule("gamma", "gamma <= n/eta (n clients per round, eta server-lr where the aggregation scales by it)",
+         _gamma_bound),
+    Rule("poison-per-batch", "poison-per-batch <= batch-size", _poison_per_batch),
+    Rule("dba-pieces", "one piece of a distributed trigger per attacker", _dba_pieces),
+    Rule("trigger-origin", "the trigger lies inside the image (semantic triggers: victim mode)", _trigger_fits),
+    Rule("resume", "needs run-name; not with init-checkpoint", _resume),
+    Rule("run-name", "one directory name inside output-dir", _run_name),
+    Rule("min-replies", "min-replies <= clients per round (num-clients x fraction)", _min_replies),
+    Rule("num-attackers", "adaptive-attack, byzantine-attack and malformed-reply need attackers",
+         _attacks_need_attackers, warning=True),
+    Rule("attack-rounds", "some attack round falls in rounds 1..num-rounds (not checked with init-checkpoint)",
+         _attack_rounds_reached, warning=True),
+)
 
 
 def parse_int_list(text: str, key: str) -> tuple[int, ...]:
@@ -698,15 +613,22 @@ def round_in_spec(server_round: int, text: str) -> bool:
     return ranges is None or any(a <= server_round <= b for a, b in ranges)
 
 
+_SEVERAL_PAIRS = re.compile(r"\s[A-Za-z][A-Za-z0-9_-]*=")
+
+
 def config_from_args(overrides: list[str], base: Mapping[str, Any] | None = None) -> ExperimentConfig:
-    """Build a config from 'key=value' strings on top of a base mapping."""
+    """Build a config from 'key=value' strings (one each, split on the first '=') on top of a base mapping.
+
+    A value may hold spaces; quotes around it are dropped.
+    """
     values = dict(base or {})
     for item in overrides:
-        for pair in item.split():
-            if "=" not in pair:
-                raise ConfigError(f"'{pair}' is not key=value")
-            key, value = pair.split("=", 1)
-            values[key.strip()] = value.strip().strip("'\"")
+        if "=" not in item:
+            raise ConfigError(f"'{item}' is not key=value")
+        key, value = item.split("=", 1)
+        if _SEVERAL_PAIRS.search(value):
+            raise ConfigError(f"'{item}': one key=value per -c (repeat -c for each key)")
+        values[key.strip()] = value.strip().strip("'\"")
     return ExperimentConfig.from_flat(values)
 
 
@@ -715,19 +637,36 @@ def toml_value(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else json.dumps(value)
 
 
+def builtin_schema() -> dict[str, Setting[Any]]:
+    """The keys of the core, then those of the project's own components grouped by who declares them (a plugin's
+    keys left out)."""
+    shipped = sorted((min(d.owners), key) for key, d in declared().items() if d.builtin)
+    return {**{s.key: s for s in CORE_SETTINGS}, **{key: declared()[key].setting for _, key in shipped}}
+
+
 def toml_table() -> str:
     """The schema's defaults as the body of pyproject's [tool.flwr.app.config] table."""
-    fields = dataclasses.fields(ExperimentConfig)
-    return "\n".join(f"{f.name.replace('_', '-')} = {toml_value(f.default)}" for f in fields)
+    return "\n".join(f"{key} = {toml_value(s.default)}" for key, s in builtin_schema().items())
 
 
 def markdown_reference() -> str:
-    """The schema as a markdown table (key, default, meaning) for the README."""
-    rows = ["| key | default | meaning |", "|---|---|---|"]
-    for f in dataclasses.fields(ExperimentConfig):
-        meaning = f.metadata["help"].replace("|", "/")
-        rows.append(f"| `{f.name.replace('_', '-')}` | `{toml_value(f.default)}` | {meaning} |")
-    return "\n".join(rows) + "\n"
+    """The configuration reference (markdown): every key with its default, allowed values, meaning and owner,
+    then every rule between keys, all read from the declarations that validation uses."""
+    owners = {key: ", ".join(d.owners) for key, d in declared().items()}
+    rows = ["| key | default | allowed | meaning | declared by |", "|---|---|---|---|---|"]
+    for key, s in builtin_schema().items():
+        meaning = s.help.replace("|", "/")
+        rows.append(f"| `{key}` | `{toml_value(s.default)}` | {s.allowed()} | {meaning} | {owners.get(key, 'core')} |")
+    rules = ["| key | applies when | what must hold | if not |", "|---|---|---|---|"]
+    picked = [("always", rule) for rule in CORE_RULES]
+    for registry in sorted(REGISTRIES, key=lambda r: r.kind):
+        for name in sorted(registry.names()):
+            if registry.builtin(name):
+                picked += [(f"{registry.kind} `{name}` is used", rule) for rule in registry.rules(name)]
+    for when, rule in picked:
+        rules.append(f"| `{rule.key}` | {when} | {rule.text.replace('|', '/')} | "
+                     f"{'warning' if rule.warning else 'error'} |")
+    return "\n".join(rows) + "\n\nRules between keys, checked before anything runs:\n\n" + "\n".join(rules) + "\n"
 
 
 def sync_pyproject(path: str = "pyproject.toml") -> None:
@@ -740,21 +679,22 @@ def sync_pyproject(path: str = "pyproject.toml") -> None:
     Path(path).write_text(head + marker + toml_table() + "\n" + ("\n" + tail if tail else ""))
 
 
-def sync_readme(path: str = "README.md") -> None:
-    """Replace the configuration table of the README with markdown_reference()."""
+REFERENCE_START, REFERENCE_END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+
+
+def sync_reference(path: str = "docs/configuration.md") -> None:
+    """Replace the generated part of the docs' configuration page with markdown_reference()."""
     text = Path(path).read_text()
-    start = text.index("| key | default | meaning |")
-    end = text.index("\n\n", start) + 1
-    Path(path).write_text(text[:start] + markdown_reference() + text[end:])
+    head, _, rest = text.partition(REFERENCE_START + "\n")
+    _, _, tail = rest.partition(REFERENCE_END)
+    Path(path).write_text(head + REFERENCE_START + "\n" + markdown_reference() + REFERENCE_END + tail)
 
 
 def registered_choices() -> dict[str, tuple[str, ...]]:
     """Every key whose values come from a registry, with the names registered now."""
-    phases = importlib.import_module("server_strategies.phases")
-    return {"model": MODEL_CHOICES(), "trigger": TRIGGER_CHOICES(), "aggregation": AGGREGATION_CHOICES(),
-            "adaptive-attack": ADAPTIVE_CHOICES(), "malformed-reply": MALFORMED_CHOICES(),
-            "byzantine-attack": BYZANTINE_CHOICES(),
-            "defense": tuple(dict.fromkeys((*phases.MODES, *phases.PHASES.names())))}
+    load_components()
+    found = {key: registry.choices[key](registry) for registry in REGISTRIES for key in registry.choices}
+    return {key: found[key] for key in (*CHOICE_KEYS, *sorted(set(found) - set(CHOICE_KEYS))) if key in found}
 
 
 if __name__ == "__main__":
@@ -765,7 +705,7 @@ if __name__ == "__main__":
             print(f"{key}: {', '.join(names)}")
     elif sys.argv[1:] == ["--sync-docs"]:
         sync_pyproject()
-        sync_readme()
+        sync_reference()
     elif sys.argv[1:] == ["--markdown"]:
         print(markdown_reference(), end="")
     else:

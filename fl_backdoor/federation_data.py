@@ -19,11 +19,12 @@ from .config import ExperimentConfig, UserError, parse_round_spec
 from .datasets import Split, load_split, resolve_data_dir
 from .training import to_device
 
-# what each cached piece depends on, from the roles the config keys declare
-_SPLIT_KEYS = ExperimentConfig.keys_with_role("split")
-_PARTITION_KEYS = _SPLIT_KEYS + ExperimentConfig.keys_with_role("partition")
-_TEST_KEYS = ExperimentConfig.keys_with_role("test-set")
 _CACHE: dict[tuple[str, ...], Any] = {}
+
+
+def depends_on(*roles: str) -> tuple[str, ...]:
+    """The keys a cached piece depends on: those declaring one of ``roles`` (the roles of the config keys)."""
+    return tuple(k for role in roles for k in ExperimentConfig.keys_with_role(role))
 
 
 def _cached(key: tuple[str, ...], build: Callable[[], Any]) -> Any:
@@ -45,7 +46,7 @@ def pools(cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
         if cfg.data_fraction < 1.0:
             pool = pool[partitions.stratified_subset(labels[pool], cfg.data_fraction, cfg.seed + 11)]
         return validation, pool
-    return _cached(("pools", cfg.digest(*_SPLIT_KEYS)), build)
+    return _cached(("pools", cfg.digest(*depends_on("split"))), build)
 
 
 def client_partitions(cfg: ExperimentConfig) -> tuple[np.ndarray, ...]:
@@ -64,7 +65,7 @@ def client_partitions(cfg: ExperimentConfig) -> tuple[np.ndarray, ...]:
             parts = partitions.k_labels(labels, cfg.num_clients, cfg.labels_per_client, cfg.seed,
                                         equal_size=cfg.equal_size, required=required)
         return tuple(pool[p] for p in parts)
-    return _cached(("partitions", cfg.digest(*_PARTITION_KEYS)), build)
+    return _cached(("partitions", cfg.digest(*depends_on("split", "partition"))), build)
 
 
 def clients_holding(cfg: ExperimentConfig, label: int) -> list[int]:
@@ -95,12 +96,12 @@ def client_data(cfg: ExperimentConfig, client_id: int, device: torch.device) -> 
     def build() -> tuple[torch.Tensor, torch.Tensor]:
         part = _train_split(cfg).subset(client_partitions(cfg)[client_id])
         return to_device(part.x, device), part.y.to(device)
-    return _cached(("client", cfg.digest(*_PARTITION_KEYS), str(client_id), str(device)), build)
+    return _cached(("client", cfg.digest(*depends_on("split", "partition")), str(client_id), str(device)), build)
 
 
 def validation_set(cfg: ExperimentConfig) -> Split:
     """The server's small clean set, held out of every client's data."""
-    return _cached(("validation", cfg.digest(*_SPLIT_KEYS)),
+    return _cached(("validation", cfg.digest(*depends_on("split"))),
                    lambda: _train_split(cfg).subset(pools(cfg)[0]))
 
 
@@ -112,4 +113,4 @@ def test_set(cfg: ExperimentConfig) -> Split:
             keep = partitions.stratified_subset(test.y.numpy(), cfg.test_subset / len(test), cfg.seed + 13)
             test = test.subset(keep)
         return test
-    return _cached(("test", cfg.digest(*_TEST_KEYS)), build)
+    return _cached(("test", cfg.digest(*depends_on("test-set"))), build)

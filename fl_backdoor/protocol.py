@@ -7,6 +7,11 @@ Every message carries:
   a client behaves the same under ``flwr run``, the Python API and a Ray cluster;
 * ``config`` (ConfigRecord): per-message values: ``client-id`` (the logical client
   the node plays), ``server-round``, ``phase`` and the pruning mask.
+
+Message types: Flower's train and evaluate, ``DESCRIBE`` (which node plays which client)
+and ``PHASE_QUERY``, the one type of every defense phase's client query, whose config
+names the registered query (``QUERY_NAME``).  A train message may name a phase's training
+variant (``TRAINING``).  The queries and variants themselves are registered by the phases.
 """
 
 from __future__ import annotations
@@ -24,11 +29,10 @@ RUN_CONFIG = "run-config"
 CONFIG = "config"
 METRICS = "metrics"
 
-# message types: train and evaluate are Flower's; the cleansing phases are queries
 DESCRIBE = "query.describe"
-RANK_NEURONS = "query.rank_neurons"
-CANDIDATE_ACCURACY = "query.candidate_accuracy"
-RNP_MASKS = "query.rnp_masks"
+PHASE_QUERY = "query.phase"
+QUERY_NAME = "query"  # config entry of a PHASE_QUERY: the registered query it asks for
+TRAINING = "training"  # config entry of a train message: a registered training variant (empty = plain SGD)
 
 _CONFIG_CACHE: dict[str, ExperimentConfig] = {}
 N = TypeVar("N", int, float)

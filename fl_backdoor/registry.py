@@ -12,6 +12,11 @@ name, so a new file is all a new built-in component needs.  Components outside t
 packages (a user's own file, a test) are loaded with the config key ``plugins``:
 modules or ``.py`` files imported in every process (server and clients) before the
 config is validated, so their names become valid choices.
+
+A registry also knows which config keys choose among its entries (``choices``), which
+entries a config picks (``picks``), and what each entry declares: its settings (keys of
+its own, ``fl_backdoor.settings.Setting``) and the rules that must hold when it is picked.
+Settings shared by every entry of a package are declared by the registry itself.
 """
 
 from __future__ import annotations
@@ -21,41 +26,67 @@ import importlib
 import importlib.util
 import pkgutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from .errors import ConfigError
+from .settings import Rule, Setting, declare
 
 T = TypeVar("T")
+Choices = Callable[["Registry[Any]"], tuple[str, ...]]
+Picks = Callable[[Any], tuple[str, ...]]
 
 
 class Registry(Generic[T]):
-    """Named components of one kind, filled by ``register``; ``package``'s modules are imported on first use."""
+    """Named components of one kind, filled by ``register``; ``package``'s modules are imported on first use.
 
-    def __init__(self, kind: str, package: str) -> None:
+    ``choices`` maps each config key whose value names entries to the values it allows;
+    ``picks`` gives the entries a config picks (by default the values of those keys, except
+    'none'), and raises ConfigError for a value that names none.  ``settings`` are keys every
+    entry of the package reads.  ``package`` None: the registry imports nothing (its entries
+    register from other packages).
+    """
+
+    def __init__(self, kind: str, package: str | None, *, choices: Mapping[str, Choices] | None = None,
+                 picks: Picks | None = None, settings: tuple[Setting[Any], ...] = ()) -> None:
         self.kind = kind
         self.package = package
+        self.choices = dict(choices or {})
+        self._picks = picks
         self._entries: dict[str, T] = {}
         self._meta: dict[str, dict[str, Any]] = {}
-        self._discovered = False
+        self._settings: dict[str, tuple[Setting[Any], ...]] = {}
+        self._rules: dict[str, tuple[Rule, ...]] = {}
+        self._builtin: dict[str, bool] = {}
+        self._discovered = package is None
+        declare(settings, kind, builtin=True)
+        REGISTRIES.append(self)
 
-    def register(self, name: str, **meta: Any) -> Callable[[T], T]:
-        """Decorator: register the decorated object under ``name`` with optional metadata."""
+    def register(self, name: str, *, settings: tuple[Setting[Any], ...] = (), rules: tuple[Rule, ...] = (),
+                 **meta: Any) -> Callable[[T], T]:
+        """Decorator: register the decorated object under ``name`` with its settings, rules and metadata."""
         def decorate(entry: T) -> T:
-            self.add(name, entry, **meta)
+            self.add(name, entry, settings=settings, rules=rules, **meta)
             return entry
         return decorate
 
-    def add(self, name: str, entry: T, **meta: Any) -> None:
+    def add(self, name: str, entry: T, *, settings: tuple[Setting[Any], ...] = (), rules: tuple[Rule, ...] = (),
+            **meta: Any) -> None:
         """Register ``entry`` under ``name``; a name can be taken only once."""
         if name in self._entries and self._entries[name] is not entry:
             raise ValueError(f"{self.kind} '{name}' is registered twice")
+        module = getattr(entry, "__module__", None) or type(entry).__module__
+        builtin = self.package is not None and (module == self.package or module.startswith(self.package + "."))
+        declare(settings, f"{self.kind} {name}", builtin)
         self._entries[name] = entry
         self._meta[name] = meta
+        self._settings[name] = settings
+        self._rules[name] = rules
+        self._builtin[name] = builtin
 
     def _discover(self) -> None:
-        if self._discovered:
+        if self._discovered or self.package is None:
             return
         self._discovered = True
         package = importlib.import_module(self.package)
@@ -80,10 +111,31 @@ class Registry(Generic[T]):
         """The metadata ``name`` was registered with."""
         return self._meta[self._known(name)]
 
+    def settings(self, name: str) -> tuple[Setting[Any], ...]:
+        """The settings entry ``name`` registered with."""
+        return self._settings[self._known(name)]
+
+    def rules(self, name: str) -> tuple[Rule, ...]:
+        """The rules that must hold when entry ``name`` is picked."""
+        return self._rules[self._known(name)]
+
+    def builtin(self, name: str) -> bool:
+        """Whether entry ``name`` is one of the project's own (registered by a module of the registry's package)."""
+        return self._builtin[self._known(name)]
+
+    def picked(self, cfg: Any) -> tuple[str, ...]:
+        """The entries a config picks; ConfigError for a choice that names none."""
+        if self._picks is not None:
+            return self._picks(cfg)
+        return tuple(str(v) for v in (cfg.value(key) for key in self.choices) if v != "none")
+
     def _known(self, name: str) -> str:
         if name not in self.names():
             raise ConfigError(unknown_choice(self.kind, name, self.names()))
         return name
+
+
+REGISTRIES: list[Registry[Any]] = []  # every registry, in the order the packages created them
 
 
 def unknown_choice(key: str, value: str, choices: tuple[str, ...]) -> str:

@@ -179,7 +179,12 @@ class RunDirectory:
 
     @classmethod
     def create(cls, cfg: ExperimentConfig) -> RunDirectory:
-        """Make (or, with resume, reopen) the run's directory and record config and versions."""
+        """Make (or, with resume, reopen) the run's directory and record config and versions.
+
+        A resumed run keeps the config.json and versions.json it started with (the record of how
+        it began, its init-checkpoint included) and adds each resume's time and versions to
+        resumes.json.
+        """
         base = Path(cfg.output_dir).expanduser().resolve()
         if cfg.resume:
             path = base / cfg.run_name
@@ -200,8 +205,13 @@ class RunDirectory:
                     path = base / f"{name}-{suffix}"
         run = cls(path)
         run.lock()
-        write_json(path / "config.json", cfg.to_flat())
-        write_json(path / "versions.json", package_versions())
+        if cfg.resume:
+            resumes = path / "resumes.json"
+            earlier = json.loads(resumes.read_text()) if resumes.is_file() else []
+            write_json(resumes, [*earlier, {"time": time.strftime("%Y-%m-%d %H:%M:%S"), **package_versions()}])
+        else:
+            write_json(path / "config.json", cfg.to_flat())
+            write_json(path / "versions.json", package_versions())
         return run
 
     @property

@@ -1,7 +1,7 @@
 """Sweeps: many experiments as parallel Ray tasks, resumable, with shared upstream runs.
 
 A sweep is a list of :class:`Experiment` s.  Each runs as one Ray task that calls a
-runner function (``server_strategies.simulation.run_simulation``, passed in by the
+runner function (the simulation's ``run_simulation``, passed in by the
 caller) and writes its run directory ``<results-dir>/runs/<name>``, where the name is
 the experiment's label plus a digest of its config.  Rerunning a sweep therefore
 
@@ -37,7 +37,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .config import ExperimentConfig, UserError
+from .config import CORE_SETTINGS, ExperimentConfig, UserError
 from .datasets import resolve_data_dir
 from .training import share_gpus_with_workers
 
@@ -45,11 +45,9 @@ Runner = Callable[[ExperimentConfig], Path]
 
 RUNS_DIR = "runs"
 LOGS_DIR = "logs"
-# the key lists below come from the roles every config key declares (fl_backdoor.config.ROLES)
-SWEEP_KEYS = ExperimentConfig.keys_with_role("sweep")  # set by the sweep for each run
-PLACEMENT_KEYS = ExperimentConfig.keys_with_role("placement")  # not part of an experiment's identity
-ATTACK_KEYS = ExperimentConfig.keys_with_role("attack")  # reset in a clean pretraining
-DEFENSE_KEYS = ExperimentConfig.keys_with_role("cleansing")  # ignored by a training-only run's identity
+# the keys a sweep sets for each run: core keys of the role "sweep" (fl_backdoor.config.ROLES); the other key lists
+# here come from the roles when used, as components declare keys of those roles too
+SWEEP_KEYS = tuple(s.key for s in CORE_SETTINGS if "sweep" in s.role_names)
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -83,7 +81,9 @@ class Experiment:
         later count only when set away from their defaults (ExperimentConfig.added_defaults).
         """
         flat = self.cfg.to_flat()
-        ignored = PLACEMENT_KEYS + (DEFENSE_KEYS if self.cfg.defense == "train-only" else ())
+        # placement keys are not part of what a run computes; a training-only run ignores the defense settings
+        ignored = ExperimentConfig.keys_with_role("placement") + (
+            ExperimentConfig.keys_with_role("cleansing") if self.cfg.defense == "train-only" else ())
         added = ExperimentConfig.added_defaults()
         identity = {k: v for k, v in flat.items() if k not in ignored and not (k in added and v == added[k])}
         identity["parent"] = self.parent.name if self.parent else ""
@@ -112,7 +112,7 @@ def clean_pretraining(config: Mapping[str, Any], rounds: int, label: str = "pret
     cfg = ExperimentConfig.from_flat(config)
     defaults = ExperimentConfig().to_flat()
     values = {k: v for k, v in config.items()}
-    for key in ATTACK_KEYS + DEFENSE_KEYS:
+    for key in ExperimentConfig.keys_with_role("attack") + ExperimentConfig.keys_with_role("cleansing"):
         values[key] = defaults[key]
     if cfg.attack_mode == "victim" and cfg.attackers and values["attack-label"] == cfg.victim_label:
         values["attack-label"] = (cfg.victim_label + 1) % 10  # any valid label: nobody poisons
@@ -277,7 +277,7 @@ def default_parallel(experiments: Sequence[Experiment], cpus: float, on_cluster:
 
 
 def actors_for(exp: Experiment, cpus: float, parallel: int) -> int:
-    """Actor pool of one simulation: its share of the cluster, never more than its clients."""
+    """Actor pool of one simulation: its share of the cluster, at most one actor per client."""
     cfg = exp.cfg
     return max(1, min(cfg.num_clients, math.floor(cpus / parallel / cfg.client_cpus + 1e-9)))
 

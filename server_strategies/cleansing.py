@@ -1,11 +1,11 @@
 """Post-training federated cleansing (Sec. IV, Algorithm 1): the context the phases run in.
 
-The phases themselves (server_strategies/phases: prune, finetune, aw) are registered
+The phases themselves (server_strategies/phases: prune, finetune, aw, ...) are registered
 components; the config key ``defense`` lists them.  This module gives them what they
 share: the layer to act on, clean accuracy (the server's validation set, or, with
 pruning-accuracy = clients, accuracies the clients report in a federated round), the
-clients' neuron reports, and the bookkeeping of each step's result.  The attack set
-is only ever evaluated for reporting.
+way to ask the clients a phase's registered query (clients/jobs.py), and the bookkeeping
+of each step's result.  The attack set is only ever evaluated for reporting.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 from flwr.app import MessageType
 
-from defenses.neuron_ranking import mvp_order, pruning_levels, rap_order
+from clients.jobs import QUERIES
 from fl_backdoor import protocol
 from fl_backdoor.federation_data import client_partitions, validation_set
 from fl_backdoor.models import layer_neurons, resolve_layer
 from fl_backdoor.training import accuracy, to_device
-from server_strategies.phases import PHASES, Step, defense_steps
-from server_strategies.reply_checks import Checker, accuracies_checker, evaluate_checker, ranking_checker, votes_checker
+from server_strategies.phases import PHASES, PRUNING_ACCURACY, PRUNING_LAYER, Step, defense_steps
+from server_strategies.reply_checks import Checker, evaluate_checker
 from server_strategies.server_run import ServerRun, percent
 
 
@@ -51,7 +51,7 @@ class Cleansing:
         self.run = run
         self.cfg = run.cfg
         model = run.global_model.model
-        self.layer = resolve_layer(model, self.cfg.pruning_layer)
+        self.layer = resolve_layer(model, PRUNING_LAYER.of(self.cfg))
         self.size = layer_neurons(model, self.layer)
         self.aw_layer = str(model.last_conv)
         device = next(model.parameters()).device
@@ -66,9 +66,15 @@ class Cleansing:
         """Accuracy of the global model on the server's held-out clean set."""
         return accuracy(self.run.global_model.model, self.val_x, self.val_y, self.cfg.eval_batch_size)
 
-    def query_clients(self, message_type: str, entries: dict[str, Any], check: Checker, what: str
+    def query_clients(self, query: str, entries: dict[str, Any], check: Checker, what: str
                       ) -> list[tuple[int, Any]]:
-        """Send a query with the global model to every client; (client, parsed payload) of the valid replies."""
+        """Ask every client a registered query (clients/jobs.py) about the global model; (client, parsed payload)
+        of the replies its check accepted."""
+        if query not in QUERIES:  # fail here, not on every client
+            raise ValueError(f"no client query '{query}' is registered (clients/jobs.py)")
+        return self._ask(protocol.PHASE_QUERY, {protocol.QUERY_NAME: query, **entries}, check, what)
+
+    def _ask(self, message_type: str, entries: dict[str, Any], check: Checker, what: str) -> list[tuple[int, Any]]:
         gm, federation = self.run.global_model, self.run.federation
         valid = federation.ask(federation.everyone, message_type, gm.arrays(), entries, gm.round, "cleanse",
                                gm.mask, check)
@@ -77,42 +83,16 @@ class Cleansing:
                                    f"(min-replies {self.cfg.min_replies})")
         return valid
 
-    def client_accuracies(self, kind: str, candidates: Sequence[float], order: Sequence[int] = ()) -> list[float]:
-        """One federated round: every client's accuracy per candidate, averaged by example count."""
-        entries: dict[str, Any] = {"kind": kind, "layer": self.layer if kind == "pruning" else self.aw_layer,
-                                   "candidates": [float(c) for c in candidates]}
-        if order:
-            entries["order"] = [int(i) for i in order]
-        reports = self.query_clients(protocol.CANDIDATE_ACCURACY, entries, accuracies_checker(len(candidates)),
-                                     "candidate accuracies")
-        return list(self.weighted_mean([(c, accs, n) for c, (accs, n) in reports]))
-
     def weighted_mean(self, reports: Sequence[tuple[int, Sequence[float], int]]) -> np.ndarray:
         """The clients' reported values (client, values, example count) averaged as bounded_mean says."""
         return bounded_mean(reports, self.sizes)
 
     def model_accuracy(self) -> float:
         """Clean accuracy of the current global model: validation set, or a federated evaluate round."""
-        if self.cfg.pruning_accuracy == "server":
+        if PRUNING_ACCURACY.of(self.cfg) == "server":
             return self.validation_accuracy()
-        reports = self.query_clients(MessageType.EVALUATE, {}, evaluate_checker(), "evaluate round")
+        reports = self._ask(MessageType.EVALUATE, {}, evaluate_checker(), "evaluate round")
         return float(self.weighted_mean([(c, [acc], n) for c, (acc, n) in reports])[0])
-
-    # --- the clients' neuron reports ---------------------------------------------------------
-    def neuron_order(self, method: str) -> list[int]:
-        """Aggregate the clients' rankings (RAP) or votes (MVP) into a pruning order."""
-        entries = {"layer": self.layer, "method": method, "rate": self.cfg.mvp_rate}
-        check = ranking_checker(self.size) if method == "rap" else votes_checker(self.size, self.cfg.mvp_rate)
-        reports = [report for _, report in self.query_clients(protocol.RANK_NEURONS, entries, check,
-                                                               f"{method.upper()} reports")]
-        already = set(self.run.global_model.mask.pruned) if self.run.global_model.mask else set()
-        order = rap_order(reports) if method == "rap" else mvp_order(reports)
-        return [i for i in order if i not in already]
-
-    def levels(self, method: str, order: list[int], max_levels: int) -> list[int]:
-        """Pruning levels to try: up to every MVP candidate, up to all but one neuron for RAP."""
-        limit = len(order) if method == "mvp" else min(len(order), self.size - 1)
-        return pruning_levels(limit, max_levels)
 
     # --- bookkeeping ------------------------------------------------------------------------
     def finish(self, name: str, note: str, **facts: Any) -> None:

@@ -73,6 +73,11 @@ def prepare_run(grid: Grid, cfg: ExperimentConfig) -> ServerRun:
     gm = initial_model(cfg)
     run_dir = RunDirectory.create(cfg)
     try:
+        warnings = cfg.warnings()
+        for line in warnings:
+            print(f"warning: {line}", flush=True)
+        if warnings:
+            atomic_write_text(run_dir.path / "warnings.txt", "".join(f"warning: {line}\n" for line in warnings))
         continuing = cfg.resume and run_dir.checkpoint("latest").is_file()
         state = RunState.load(run_dir) if continuing else RunState(gm.round, gm.round + cfg.num_rounds)
         if continuing:

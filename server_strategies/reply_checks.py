@@ -2,7 +2,8 @@
 
 Clients are the adversary: a reply is used only after its checker accepted it.
 Each checker takes a reply's RecordDict and returns the parsed payload, or raises
-InvalidReply with a one-line reason.
+InvalidReply with a one-line reason.  The checks of train and evaluate replies are
+here; a phase's query declares its own check beside it, built from the pieces below.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
-from defenses.neuron_ranking import votes_to_prune
 from fl_backdoor import protocol
 
 Checker = Callable[[RecordDict], Any]
@@ -24,13 +24,15 @@ class InvalidReply(ValueError):
     """A reply that breaks the protocol; the message says how."""
 
 
-def _metrics(content: RecordDict) -> Any:
+def metrics_of(content: RecordDict) -> Any:
+    """The reply's metrics record; InvalidReply when it has none."""
     if protocol.METRICS not in content.metric_records:
         raise InvalidReply("no metrics record")
     return content.metric_records[protocol.METRICS]
 
 
-def _num_examples(metrics: Any) -> int:
+def num_examples(metrics: Any) -> int:
+    """The reply's example count; InvalidReply when it is not a count."""
     value = metrics.get("num-examples")
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
         raise InvalidReply(f"num-examples {value!r} is not a count")
@@ -58,8 +60,8 @@ def model_checker(reference: ArrayRecord) -> Checker:
             values = array.numpy()
             if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
                 raise InvalidReply(f"array '{name}' holds NaN or Inf")
-        metrics = _metrics(content)
-        _num_examples(metrics)
+        metrics = metrics_of(content)
+        num_examples(metrics)
         loss = metrics.get("train-loss", 0.0)
         if not isinstance(loss, (int, float)) or not math.isfinite(loss):
             raise InvalidReply(f"train-loss {loss!r} is not finite")
@@ -68,38 +70,16 @@ def model_checker(reference: ArrayRecord) -> Checker:
     return check
 
 
-def ranking_checker(size: int) -> Checker:
-    """A RAP reply: a permutation of the ranks 1..P."""
-    def check(content: RecordDict) -> list[int]:
-        ranking = _metrics(content).get("ranking")
-        if not isinstance(ranking, list) or sorted(ranking) != list(range(1, size + 1)):
-            raise InvalidReply(f"ranking is not a permutation of 1..{size}")
-        return [int(r) for r in ranking]
-    return check
-
-
-def votes_checker(size: int, rate: float) -> Checker:
-    """An MVP reply: P votes of 0 or 1 with exactly round(p * P) ones."""
-    ones = votes_to_prune(rate, size)
-
-    def check(content: RecordDict) -> list[int]:
-        votes = _metrics(content).get("votes")
-        if not isinstance(votes, list) or len(votes) != size or any(v not in (0, 1) for v in votes):
-            raise InvalidReply(f"votes are not {size} values of 0 or 1")
-        if sum(votes) != ones:
-            raise InvalidReply(f"{int(sum(votes))} votes to prune, expected exactly {ones} (p={rate})")
-        return [int(v) for v in votes]
-    return check
-
-
-def _unit_value(metrics: Any, key: str) -> float:
+def unit_value(metrics: Any, key: str) -> float:
+    """A number in [0, 1]; InvalidReply otherwise."""
     value = metrics.get(key)
     if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise InvalidReply(f"{key} {value!r} lies outside [0, 1]")
     return float(value)
 
 
-def _unit_values(metrics: Any, key: str, count: int) -> list[float]:
+def unit_values(metrics: Any, key: str, count: int) -> list[float]:
+    """``count`` numbers in [0, 1]; InvalidReply otherwise."""
     values = metrics.get(key)
     if not isinstance(values, list) or len(values) != count:
         raise InvalidReply(f"expected {count} {key}")
@@ -108,30 +88,9 @@ def _unit_values(metrics: Any, key: str, count: int) -> list[float]:
     return [float(v) for v in values]
 
 
-def accuracies_checker(count: int) -> Checker:
-    """A candidate-accuracy reply: ``count`` accuracies in [0, 1] and an example count."""
-    def check(content: RecordDict) -> tuple[list[float], int]:
-        metrics = _metrics(content)
-        return _unit_values(metrics, "accuracies", count), _num_examples(metrics)
-    return check
-
-
-def rnp_checker(count: int) -> Checker:
-    """A federated RNP reply: ``count`` channel masks in [0, 1], an example count, and the client's
-    unlearning epochs (a count) and unlearned accuracy (in [0, 1])."""
-    def check(content: RecordDict) -> tuple[list[float], int, int, float]:
-        metrics = _metrics(content)
-        epochs = metrics.get("unlearning-epochs")
-        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-            raise InvalidReply(f"unlearning-epochs {epochs!r} is not a count")
-        return (_unit_values(metrics, "masks", count), _num_examples(metrics), epochs,
-                _unit_value(metrics, "unlearned-accuracy"))
-    return check
-
-
 def evaluate_checker() -> Checker:
     """An evaluate reply: one accuracy in [0, 1] and an example count."""
     def check(content: RecordDict) -> tuple[float, int]:
-        metrics = _metrics(content)
-        return _unit_value(metrics, "accuracy"), _num_examples(metrics)
+        metrics = metrics_of(content)
+        return unit_value(metrics, "accuracy"), num_examples(metrics)
     return check

@@ -1,29 +1,38 @@
 """Each kind of component is one file: this test file registers its own and runs them through Flower.
 
-The components below are registered here and nowhere else; the simulation's client
-processes import this file through the config key ``plugins``.
+The components below are registered here and nowhere else, with their own settings and rules, and
+a federated phase with its own client query; the simulation's client processes import this file
+through the config key ``plugins``.  No other file of the project names any of them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, RecordDict
 from torch import nn
 
 from clients.behaviours import BEHAVIOURS, Behaviour, Job, State
-from clients.local_training import run_local_job
+from clients.jobs import QUERIES, Request
+from clients.local_training import client_model, run_local_job
+from defenses.neuron_ranking import mean_activations
 from fl_backdoor.config import ConfigError, ExperimentConfig
+from fl_backdoor.federation_data import client_data, client_partitions
 from fl_backdoor.models import MODELS, build_model
 from fl_backdoor.run_dir import load_checkpoint
+from fl_backdoor.settings import Rule, Setting
+from fl_backdoor.training import pick_device
 from fl_backdoor.triggers import TRIGGERS, Trigger, trigger_for
 from server_strategies.aggregators import AGGREGATORS
-from server_strategies.cleansing import Cleansing
+from server_strategies.cleansing import Cleansing, bounded_mean
 from server_strategies.phases import PHASES, defense_steps
+from server_strategies.reply_checks import InvalidReply, metrics_of, num_examples
 from server_strategies.simulation import run_simulation
 
 HERE = str(Path(__file__).resolve())
@@ -37,11 +46,52 @@ class FlipUpdate(Behaviour):
         return {k: 2 * g - local[k] if g.is_floating_point() else local[k] for k, g in global_state.items()}
 
 
-@AGGREGATORS.register("toy-median")
+SHRINK = Setting("toy-shrink", 1.0, "toy-median: share of the median model's update applied.", "federation",
+                 low=0.0, high=1.0, low_open=True)
+
+
+@AGGREGATORS.register("toy-median", settings=(SHRINK,), rules=(
+    Rule("num-clients", "clients per round >= 3", lambda cfg: None if cfg.clients_per_round >= 3 else
+         f"toy-median needs 3 clients per round, got {cfg.clients_per_round}"),))
 def median(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: ExperimentConfig) -> ArrayRecord:
-    """Coordinate-wise median of the clients' models."""
-    return ArrayRecord({name: Array(np.median([r[name].numpy() for r in local], axis=0).astype(g.numpy().dtype))
-                        for name, g in global_arrays.items()})
+    """G + toy-shrink x (the coordinate-wise median of the clients' models - G)."""
+    shrink = SHRINK.of(cfg)
+    out = {}
+    for name, g in global_arrays.items():
+        middle = np.median([r[name].numpy() for r in local], axis=0)
+        out[name] = Array((g.numpy() + shrink * (middle - g.numpy())).astype(g.numpy().dtype))
+    return ArrayRecord(out)
+
+
+MEAN_ACTIVATION = "toy-mean-activation"
+FLOOR = Setting("toy-activation-floor", 0.0, "toy-activation: mean activations below this are reported as 0.",
+                "cleansing", low=0.0)
+
+
+@QUERIES.register(MEAN_ACTIVATION)
+def mean_activation(req: Request) -> dict[str, Any]:
+    """The client's side: the mean activation of the pruned layer's neurons on its data, and its example count."""
+    model = client_model(req.cfg, req.state, req.mask)
+    x, y = client_data(req.cfg, req.client_id, pick_device(req.cfg.device))
+    mean = float(mean_activations(model, str(req.config["layer"]), x, req.cfg.eval_batch_size).mean())
+    return {"mean": mean if mean >= FLOOR.of(req.cfg) else 0.0, "num-examples": int(y.shape[0])}
+
+
+def mean_checker(content: RecordDict) -> tuple[float, int]:
+    """A reply: one finite, non-negative mean (after a ReLU) and an example count."""
+    metrics = metrics_of(content)
+    mean = metrics.get("mean")
+    if not isinstance(mean, float) or not math.isfinite(mean) or mean < 0:
+        raise InvalidReply(f"mean {mean!r} is not a non-negative number")
+    return mean, num_examples(metrics)
+
+
+@PHASES.register("toy-activation", settings=(FLOOR,))
+def report_activation(ctx: Cleansing, result: str) -> None:
+    """Ask every client for the layer's mean activation; record their mean weighted by example count."""
+    replies = ctx.query_clients(MEAN_ACTIVATION, {"layer": ctx.layer}, mean_checker, "mean activations")
+    mean = float(ctx.weighted_mean([(c, [m], n) for c, (m, n) in replies])[0])
+    ctx.finish(result, mean_activation=mean, clients=len(replies), note=f"mean activation of {ctx.layer}: {mean:.4f}")
 
 
 @PHASES.register("toy-zero-bias")
@@ -98,15 +148,30 @@ def tiny_net(widths: tuple[int, ...]) -> nn.Module:
 CONFIG = {"dataset": "mnist", "num-clients": 3, "labels-per-client": 10, "data-fraction": 0.02, "test-subset": 300,
           "lr": 0.05, "poison-epochs": 1, "num-rounds": 1, "curve-points": 0, "seed": 5, "plugins": HERE,
           "model": "toy-net", "trigger": "toy-blend", "adaptive-attack": "toy-flip", "aggregation": "toy-median",
-          "defense": "prune,toy-zero-bias"}
+          "toy-shrink": 0.5, "defense": "prune,toy-zero-bias,toy-activation"}
 
 
 def test_registered_components_are_config_choices():
     cfg = ExperimentConfig.from_flat(CONFIG)
-    assert [s.result for s in defense_steps(cfg.defense)] == ["fp", "prune+toy-zero-bias"]
+    assert [s.result for s in defense_steps(cfg.defense)] == ["fp", "prune+toy-zero-bias",
+                                                              "prune+toy-zero-bias+toy-activation"]
     assert isinstance(build_model(cfg), TinyNet)
     with pytest.raises(ConfigError, match="did you mean 'toy-median'"):
         ExperimentConfig.from_flat({**CONFIG, "aggregation": "toy-medain"})
+
+
+def test_a_component_s_settings_and_rules_are_the_config_s():
+    cfg = ExperimentConfig.from_flat(CONFIG)
+    assert SHRINK.of(cfg) == 0.5 and cfg.to_flat()["toy-activation-floor"] == 0.0
+    assert ExperimentConfig.from_flat({**CONFIG, "toy-shrink": "0.25"}).value("toy-shrink") == 0.25
+    with pytest.raises(ConfigError, match=r"^toy-shrink: must be in \(0, 1\], got 2.0$"):
+        ExperimentConfig.from_flat({**CONFIG, "toy-shrink": 2})
+    with pytest.raises(ConfigError, match=r"^num-clients: toy-median needs 3 clients per round, got 2$"):
+        ExperimentConfig.from_flat({**CONFIG, "num-clients": 2})
+    # the rule is toy-median's: with another aggregation two clients are fine
+    assert ExperimentConfig.from_flat({**CONFIG, "num-clients": 2, "aggregation": "paper"}).num_clients == 2
+    # keys added by a plugin leave every run's identity alone while at their defaults
+    assert ExperimentConfig.added_defaults()["toy-shrink"] == 1.0
 
 
 def test_the_blend_trigger_mixes_the_pattern_in():
@@ -134,12 +199,32 @@ def test_toy_attack_aggregator_phase_and_trigger_run_through_flower(data_dir, tm
     expected = median(ArrayRecord(start), [ArrayRecord(dict(s)) for s in states], cfg).to_torch_state_dict()
     trained = load_checkpoint(run_dir / "checkpoints" / "trained.pt")["state_dict"]
     assert all(torch.equal(trained[k], expected[k]) for k in expected)
+    halfway = 0.5 * (median(ArrayRecord(start), [ArrayRecord(dict(s)) for s in states],
+                            cfg.replace(toy_shrink=1.0)).to_torch_state_dict()["fc.weight"] + start["fc.weight"])
+    assert torch.allclose(trained["fc.weight"], halfway, atol=1e-6), "toy-shrink 0.5 took half the median's step"
     flipped = 2 * start["fc.weight"] - poisoned_only["fc.weight"]
     assert torch.allclose(states[0]["fc.weight"], flipped, atol=1e-6), "the attacker's update was flipped"
 
     results = json.loads((run_dir / "results.json").read_text())
-    assert set(results["phases"]) == {"training", "fp", "prune+toy-zero-bias"}
+    assert set(results["phases"]) == {"training", "fp", "prune+toy-zero-bias", "prune+toy-zero-bias+toy-activation"}
     final = load_checkpoint(run_dir / "checkpoints" / "prune+toy-zero-bias.pt")
     assert torch.count_nonzero(final["state_dict"]["conv.bias"]) == 0
     assert final["mask"] == load_checkpoint(run_dir / "checkpoints" / "fp.pt")["mask"]
-    assert set(results["phase_seconds"]) >= {"train", "prune", "toy-zero-bias"}
+    assert set(results["phase_seconds"]) >= {"train", "prune", "toy-zero-bias", "toy-activation"}
+
+    # the toy phase's query, answered through Flower by every client, recomputed here on the same model
+    from fl_backdoor.masks import NeuronMask
+
+    mask = NeuronMask.from_dict(final["mask"])
+    torch.set_num_threads(1)
+    try:
+        means = [float(mean_activations(client_model(cfg, final["state_dict"], mask), "conv",
+                                        client_data(cfg, c, torch.device("cpu"))[0], cfg.eval_batch_size).mean())
+                 for c in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    sizes = [len(p) for p in client_partitions(cfg)]
+    expected_mean = bounded_mean([(c, [m], sizes[c]) for c, m in enumerate(means)], sizes)[0]
+    reported = results["phases"]["prune+toy-zero-bias+toy-activation"]
+    assert reported["clients"] == 3
+    assert reported["mean_activation"] == pytest.approx(expected_mean, rel=1e-6)

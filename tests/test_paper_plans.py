@@ -8,8 +8,8 @@ import pytest
 from experiments.compare_defenses import ComparisonRun
 from experiments.scales import SCALES, Setup
 from experiments.targets import FACTORS, TARGETS, Plan
-from fl_backdoor.config import UserError
-from fl_backdoor.sweeps import DEFENSE_KEYS, Experiment, SweepOutcome
+from fl_backdoor.config import ExperimentConfig, UserError
+from fl_backdoor.sweeps import Experiment, SweepOutcome
 
 
 def plan(target: str, scale: str = "full") -> Plan:
@@ -41,13 +41,13 @@ def test_figure_sweeps_vary_what_the_paper_varies() -> None:
     assert sorted(e.cfg.labels_per_client for e in plan("fig3").experiments) == [3, 5, 7]
     table7 = plan("table7").experiments
     assert sorted(e.cfg.trigger for e in table7) == [f"pixel-{p}" for p in (1, 3, 5, 7, 9)]
-    assert {(e.cfg.defense, e.cfg.aw_delta) for e in table7} == {("fp-aw", 3.0)}
+    assert {(e.cfg.defense, e.cfg.value("aw-delta")) for e in table7} == {("fp-aw", 3.0)}
 
 
 def test_table5_defends_each_model_with_rap_and_with_mvp() -> None:
     by_parent: dict[str, set[str]] = {}
     for e in plan("table5").experiments:
-        by_parent.setdefault(parent(e).digest, set()).add(e.cfg.pruning_method)
+        by_parent.setdefault(parent(e).digest, set()).add(str(e.cfg.value("pruning-method")))
     assert len(by_parent) == 18 and all(methods == {"rap", "mvp"} for methods in by_parent.values())
 
 
@@ -80,12 +80,13 @@ def test_ablation_changes_one_factor_at_a_time_on_the_same_trained_models() -> N
         name = "chosen" if "-abl-" not in e.label else e.label.split("-abl-")[1].rsplit("-", 1)[0]
         factor = FACTORS[name]
         flat = e.cfg.to_flat()
-        expected = {**{k: defaults[k] for k in DEFENSE_KEYS}, **factor.defense}
-        assert {k: flat[k] for k in DEFENSE_KEYS if k != "pruning-method"} == \
+        defense_keys = ExperimentConfig.keys_with_role("cleansing")
+        expected = {**{k: defaults[k] for k in defense_keys}, **factor.defense}
+        assert {k: flat[k] for k in defense_keys if k != "pruning-method"} == \
             {k: v for k, v in expected.items() if k != "pruning-method"}, e.label
         assert all(parent(e).cfg.to_flat()[k] == v for k, v in factor.training.items())
         assert (parent(e).name in shared) == (not factor.training), "only trigger and model factors retrain"
-    assert {e.cfg.pruning_method for e in runs} == {"rap", "mvp"}
+    assert {e.cfg.value("pruning-method") for e in runs} == {"rap", "mvp"}
     assert {parent(e).cfg.trigger_origin for e in runs if "trigger-27-27" in e.label} == {"26,26"}
 
 

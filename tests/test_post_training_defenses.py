@@ -122,7 +122,8 @@ def test_rnp_masks_stay_in_zero_one_and_prune_exactly_the_low_channels():
 def test_federated_rnp_masks_travel_as_one_list_and_the_server_checks_them():
     from flwr.app import MetricRecord, RecordDict
 
-    from server_strategies.reply_checks import InvalidReply, rnp_checker
+    from server_strategies.phases.rnp import rnp_checker
+    from server_strategies.reply_checks import InvalidReply
 
     model = build_model(ExperimentConfig.from_flat({"dataset": "mnist", "model-widths": "2,3"}))
     masks = {"features.conv1": torch.tensor([0.5, 1.0]), "features.conv2": torch.tensor([0.0, 0.25, 0.75])}

@@ -15,21 +15,25 @@ its own version.  A new attack is one file::
     class MyAttack(Behaviour):
         def submit(self, job, global_state, local): ...
 
-and ``adaptive-attack = "my-attack"`` selects it.
+and ``adaptive-attack = "my-attack"`` selects it.  A behaviour with settings of its own
+declares them when it registers (``settings=``, fl_backdoor.settings), with the rules
+that must hold when it is picked (``rules=``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.errors import ConfigError
 from fl_backdoor.masks import NeuronMask
-from fl_backdoor.registry import Registry
+from fl_backdoor.registry import Registry, unknown_choice
 from fl_backdoor.training import BatchTransform, SGDSettings
 
 State = dict[str, torch.Tensor]
@@ -104,12 +108,32 @@ class Behaviour:
         """Accuracies of the pruning levels or Deltas sent back."""
         return accuracies
 
-    def rnp_masks(self, masks: list[float]) -> list[float]:
-        """The RNP channel masks sent back (federated rnp)."""
-        return masks
+    def reply(self, query: str, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The reply to a phase's client query (``query`` names it: clients/jobs.py), as sent back."""
+        return metrics
 
 
-BEHAVIOURS: Registry[type[Behaviour]] = Registry("client behaviour", __name__)
+def _named(registry: Registry[type[Behaviour]], role: str) -> tuple[str, ...]:
+    return ("none", *(n for n in registry.names() if registry.meta(n).get("role") == role))
+
+
+def picked_behaviours(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The behaviours a config gives its clients; ConfigError for an unknown kind of invalid reply or a
+    '/'-list of kinds that does not match the attackers."""
+    kinds = cfg.malformed_reply.split("/")
+    choices = _named(BEHAVIOURS, "malformed")
+    for kind in kinds:
+        if kind not in choices:
+            raise ConfigError(f"malformed-reply: {unknown_choice('kind', kind, choices)}")
+    if len(kinds) not in (1, len(cfg.attackers)):
+        raise ConfigError(f"malformed-reply: {len(kinds)} '/'-separated kinds for {len(cfg.attackers)} attackers")
+    chosen = ["attacker"] if cfg.attackers else []
+    return tuple(dict.fromkeys(n for n in (*chosen, cfg.adaptive_attack, *kinds) if n != "none"))
+
+
+BEHAVIOURS: Registry[type[Behaviour]] = Registry(
+    "client behaviour", __name__, picks=picked_behaviours,
+    choices={"adaptive-attack": lambda r: _named(r, "adaptive"), "malformed-reply": lambda r: _named(r, "malformed")})
 
 
 class Conduct:
@@ -158,10 +182,10 @@ class Conduct:
             accuracies = b.candidate_accuracies(accuracies)
         return accuracies
 
-    def rnp_masks(self, masks: list[float]) -> list[float]:
+    def reply(self, query: str, metrics: dict[str, Any]) -> dict[str, Any]:
         for b in self.chain:
-            masks = b.rnp_masks(masks)
-        return masks
+            metrics = b.reply(query, metrics)
+        return metrics
 
 
 def conduct_of(cfg: ExperimentConfig, client_id: int) -> Conduct:

@@ -5,12 +5,38 @@ from __future__ import annotations
 from torch import nn
 
 from fl_backdoor.attacks import attack_gamma, is_attacking, poison_settings, poisoned_training_data, scale_update
+from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.masks import NeuronMask
+from fl_backdoor.settings import Rule
 
 from . import BEHAVIOURS, Behaviour, Job, State, TrainingPlan
 
+# the hooks through which a behaviour acts outside its poisoned training jobs
+REPORT_HOOKS = ("activations", "neuron_report", "local_accuracy", "candidate_accuracies", "reply")
 
-@BEHAVIOURS.register("attacker", role="base")
+
+def reports_too(name: str) -> bool:
+    """Whether a behaviour overrides a hook of the cleansing queries (it acts beyond poisoned training)."""
+    behaviour = BEHAVIOURS[name]
+    return any(getattr(behaviour, hook) is not getattr(Behaviour, hook) for hook in REPORT_HOOKS)
+
+
+def byzantine_overrides(cfg: ExperimentConfig, acting_in_reports: bool) -> str | None:
+    """Under a Byzantine attack the attackers train honestly, so an adaptive attack acts in no training job."""
+    if cfg.byzantine_attack == "none" or cfg.adaptive_attack == "none":
+        return None
+    if reports_too(cfg.adaptive_attack) != acting_in_reports:
+        return None
+    where = ("acts only in the cleansing queries" if acting_in_reports else "never acts; choose one of the two")
+    return (f"'{cfg.adaptive_attack}' with byzantine-attack '{cfg.byzantine_attack}': the attackers train honestly "
+            f"and the server submits the Byzantine update in their place, so the adaptive attack {where}")
+
+
+@BEHAVIOURS.register("attacker", role="base", rules=(
+    Rule("adaptive-attack", "an adaptive attack that acts only in poisoned training is not combined with "
+                            "byzantine-attack", lambda cfg: byzantine_overrides(cfg, acting_in_reports=False)),
+    Rule("adaptive-attack", "an adaptive attack combined with byzantine-attack acts only in the cleansing queries",
+         lambda cfg: byzantine_overrides(cfg, acting_in_reports=True), warning=True)))
 class Attacker(Behaviour):
     """Trains on poisoned data with its own optimiser and submits G + gamma * (L - G)."""
 

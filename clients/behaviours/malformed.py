@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from defenses.neuron_ranking import votes_to_prune
 
@@ -120,7 +121,9 @@ class BadAccuracy(Behaviour):
 
 @BEHAVIOURS.register("bad-masks", role="malformed")
 class BadMasks(Behaviour):
-    """RNP masks outside [0, 1]."""
+    """Channel masks outside [0, 1] in every reply that carries masks (federated RNP's)."""
 
-    def rnp_masks(self, masks: list[float]) -> list[float]:
-        return [-1.0] * len(masks)
+    def reply(self, query: str, metrics: dict[str, Any]) -> dict[str, Any]:
+        if "masks" not in metrics:
+            return metrics
+        return {**metrics, "masks": [-1.0] * len(metrics["masks"])}

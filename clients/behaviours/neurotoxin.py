@@ -24,8 +24,13 @@ from torch import nn
 
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.masks import NeuronMask
+from fl_backdoor.settings import Setting
 
 from . import BEHAVIOURS, Behaviour, Job, TrainingPlan
+
+RATIO = Setting("neurotoxin-ratio", 0.99, "neurotoxin: share of coordinates the attacker may change, those the last "
+                                          "global update moved least (the reference's 0.99).", "attack", low=0.0,
+                high=1.0, low_open=True, added=True)
 
 PREVIOUS = "neurotoxin/previous-global/"
 
@@ -57,7 +62,7 @@ def clean_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     return grads
 
 
-@BEHAVIOURS.register("neurotoxin", role="adaptive")
+@BEHAVIOURS.register("neurotoxin", settings=(RATIO,), role="adaptive")
 class Neurotoxin(Behaviour):
     """Masks its poisoned gradients to the coordinates the last global update moved least."""
 
@@ -77,7 +82,7 @@ class Neurotoxin(Behaviour):
         else:
             x, y = client_data(self.cfg, self.client_id, plan.x.device)
             estimate = clean_gradient(model, x, y, self.cfg.eval_batch_size)
-        for param, allowed in zip(model.parameters(), smallest_mask(estimate, self.cfg.neurotoxin_ratio),
+        for param, allowed in zip(model.parameters(), smallest_mask(estimate, RATIO.of(self.cfg)),
                                   strict=True):
             param.register_hook(lambda grad, allowed=allowed: grad * allowed)
         return plan

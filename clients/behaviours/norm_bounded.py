@@ -28,9 +28,15 @@ from torch import nn
 from fl_backdoor.attacks import attack_gamma
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.masks import NeuronMask
+from fl_backdoor.settings import Setting
 from fl_backdoor.training import train
 
 from . import BEHAVIOURS, Behaviour, Job, State, TrainingPlan
+
+NORM = Setting("pgd-norm", 0.0, "pgd: L2 bound on the attacker's submitted update; 0 = the norm of its own honest "
+                                "update of the round.", "attack", low=0.0, added=True)
+EVERY = Setting("pgd-every", 10, "pgd: optimiser steps between projections (Wang et al.'s 10).", "attack", low=1,
+                added=True)
 
 
 def update_norm(state: State, center: State) -> float:
@@ -55,7 +61,7 @@ def project_onto_ball(state: State, center: State, radius: float) -> float:
     return norm
 
 
-@BEHAVIOURS.register("pgd", role="adaptive")
+@BEHAVIOURS.register("pgd", settings=(NORM, EVERY), role="adaptive")
 class NormBounded(Behaviour):
     """Projects its poisoned training onto the norm ball every pgd-every steps, and its submitted update."""
 
@@ -63,7 +69,7 @@ class NormBounded(Behaviour):
         if not job.attacking:
             return plan
         center = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.bound = self.cfg.pgd_norm or self.honest_norm(job, model, center)
+        self.bound = NORM.of(self.cfg) or self.honest_norm(job, model, center)
         radius = self.bound / max(attack_gamma(self.cfg, job.phase), 1.0)
         steps = itertools.count(1)
         before = plan.after_step
@@ -71,7 +77,7 @@ class NormBounded(Behaviour):
         def step(m: nn.Module) -> None:
             if before is not None:
                 before(m)
-            if next(steps) % self.cfg.pgd_every == 0:
+            if next(steps) % EVERY.of(self.cfg) == 0:
                 project_onto_ball(m.state_dict(), center, radius)
 
         return plan.but(after_step=step)

@@ -15,8 +15,12 @@ from fl_backdoor.federation_data import client_data
 from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.models import resolve_layer
 from fl_backdoor.run_dir import load_checkpoint
+from fl_backdoor.settings import Rule, Setting
 
 from . import BEHAVIOURS, Behaviour, Job, TrainingPlan
+
+ORACLE = Setting("oracle-checkpoint", "", "pruning-aware-oracle: checkpoint whose pruning mask the attacker is given.",
+                 "attack", added=False)
 
 
 def estimated_mask(model: nn.Module, layer: str, x: torch.Tensor, rate: float, batch_size: int) -> NeuronMask:
@@ -32,23 +36,27 @@ class PruningAware(Behaviour):
     def own_mask(self, model: nn.Module, layer: str) -> NeuronMask:
         """The mask the attacker expects the defense to end with."""
         x, _ = client_data(self.cfg, self.client_id, next(model.parameters()).device)
-        return estimated_mask(model, layer, x, self.cfg.mvp_rate, self.cfg.eval_batch_size)
+        return estimated_mask(model, layer, x, float(self.cfg.value("mvp-rate")), self.cfg.eval_batch_size)
 
     def training(self, job: Job, plan: TrainingPlan, model: nn.Module, mask: NeuronMask | None) -> TrainingPlan:
         if job.attacking:
-            layer = resolve_layer(model, self.cfg.pruning_layer)
+            layer = resolve_layer(model, str(self.cfg.value("pruning-layer")))
             own = self.own_mask(model, layer)
             current = mask.pruned if mask is not None and mask.layer == layer else ()
             install_mask(model, NeuronMask(layer, own.size, tuple(sorted(set(own.pruned) | set(current)))))
         return plan
 
 
-@BEHAVIOURS.register("pruning-aware-oracle", role="adaptive")
+@BEHAVIOURS.register("pruning-aware-oracle", settings=(ORACLE,), role="adaptive",
+                     rules=(Rule("oracle-checkpoint", "set when adaptive-attack = pruning-aware-oracle",
+                                 lambda cfg: None if ORACLE.of(cfg) else
+                                 "pruning-aware-oracle needs the checkpoint holding the final mask"),))
 class PruningAwareOracle(PruningAware):
     """Given the real final mask, saved in oracle-checkpoint."""
 
     def own_mask(self, model: nn.Module, layer: str) -> NeuronMask:
-        mask = load_checkpoint(self.cfg.oracle_checkpoint).get("mask")
+        path = ORACLE.of(self.cfg)
+        mask = load_checkpoint(path).get("mask")
         if not mask:
-            raise ValueError(f"oracle-checkpoint {self.cfg.oracle_checkpoint} holds no pruning mask")
+            raise ValueError(f"oracle-checkpoint {path} holds no pruning mask")
         return NeuronMask.from_dict(mask)

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from ..config import ExperimentConfig
 
 ModelBuilder = Callable[[tuple[int, ...]], nn.Module]
-MODELS: Registry[ModelBuilder] = Registry("model", __name__)
+MODELS: Registry[ModelBuilder] = Registry("model", __name__, choices={"model": Registry.names},
+                                          picks=lambda cfg: (cfg.model_name,))
 
 
 def model_input(name: str) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 
 Cleansing measures many candidates (pruning levels, Deltas) that change one layer and
 leave everything before it alone.  Cut there, the part before runs once per data set
-and only the rest runs per candidate (``defenses.candidates.candidate_measure``).
+and only the rest runs per candidate (``candidate_measure`` of the defenses' candidates module).
 Residual networks are not chains; their candidates are measured on the whole model.
 """
 

@@ -13,8 +13,9 @@ A new kind is one file in this package::
     @TRIGGERS.register("spot")
     def spot(image_size: int, origin: tuple[int, ...], piece: int | None) -> Trigger: ...
 
-A kind with settings of its own registers the run-config keys it reads
-(``settings=("blend-alpha", "blend-seed")``) and takes them as keyword arguments.
+A kind with settings of its own declares them when it registers
+(``settings=(BLEND_ALPHA, BLEND_SEED)``, fl_backdoor.settings) and takes them as keyword
+arguments.
 """
 
 from __future__ import annotations
@@ -80,17 +81,17 @@ class PixelTrigger(Trigger):
 
 
 TriggerKind = Callable[..., Trigger]  # (image_size, origin, piece, **settings)
-TRIGGERS: Registry[TriggerKind] = Registry("trigger", __name__)
+TRIGGERS: Registry[TriggerKind] = Registry("trigger", __name__, choices={"trigger": Registry.names})
 
 
 def trigger_for(name: str, image_size: int, origin: tuple[int, ...] = (), piece: int | None = None,
                 config: Mapping[str, Any] | None = None) -> Trigger:
     """The trigger named in the config: the whole pattern, or one piece of a distributed trigger.
 
-    A kind registered with ``settings=("key", ...)`` also gets those run-config keys from
-    ``config`` (a flat run config), as keyword arguments named with underscores.
+    A kind registered with settings also gets their values from ``config`` (a flat run
+    config), as keyword arguments named with underscores.
     """
-    wanted = TRIGGERS.meta(name).get("settings", ())
+    wanted = [s.key for s in TRIGGERS.settings(name)]
     options = {k.replace("-", "_"): config[k] for k in wanted} if config is not None else {}
     return TRIGGERS[name](image_size, origin, piece, **options)
 

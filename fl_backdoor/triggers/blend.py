@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..settings import Setting
 from . import TRIGGERS, Trigger
+
+BLEND_ALPHA = Setting("blend-alpha", 0.2, "blend trigger: weight of the noise pattern (Chen et al.'s 0.2).", "attack",
+                      low=0.0, high=1.0, low_open=True, added=True)
+BLEND_SEED = Setting("blend-seed", 0, "blend trigger: seed of its noise pattern.", "attack", low=0, added=True)
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ def noise_pattern(image_size: int, seed: int) -> torch.Tensor:
     return torch.rand((image_size, image_size), generator=torch.Generator().manual_seed(seed))
 
 
-@TRIGGERS.register("blend", settings=("blend-alpha", "blend-seed"))
+@TRIGGERS.register("blend", settings=(BLEND_ALPHA, BLEND_SEED))
 def blend(image_size: int, origin: tuple[int, ...], piece: int | None, blend_alpha: float = 0.2,
           blend_seed: int = 0) -> BlendTrigger:
     """Seeded noise blended in with weight blend-alpha."""

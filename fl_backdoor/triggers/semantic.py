@@ -18,7 +18,12 @@ from typing import ClassVar
 
 import torch
 
+from ..settings import Setting
 from . import TRIGGERS, Trigger
+
+SEMANTIC_MARGIN = Setting("semantic-margin", 0.02, "semantic-green: how far the mean green must exceed the mean "
+                                                   "red and blue.", "attack", low=0.0, high=1.0, high_open=True,
+                          added=True)
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,7 @@ class ColourDominance(Trigger):
         return means[:, self.channel] - others.max(dim=1).values > self.margin
 
 
-@TRIGGERS.register("semantic-green", settings=("semantic-margin",), colour=True)
+@TRIGGERS.register("semantic-green", settings=(SEMANTIC_MARGIN,), colour=True)
 def semantic_green(image_size: int, origin: tuple[int, ...], piece: int | None,
                    semantic_margin: float = 0.02) -> ColourDominance:
     """Green-dominated images (the victim label's 'green' subset)."""

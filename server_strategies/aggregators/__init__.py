@@ -7,7 +7,9 @@ the next global model::
     def median(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: ExperimentConfig) -> ArrayRecord: ...
 
 ``local`` is ordered by client id, so the arrival order of replies never changes a
-sum.  Registering with ``server_lr=True`` says the rule scales the update by
+sum.  A rule with settings of its own declares them, and the preconditions it needs on
+the federation, when it registers (``settings=``, ``rules=``; fl_backdoor.settings),
+and reads them with ``Setting.of(cfg)``.  Registering with ``server_lr=True`` says the rule scales the update by
 ``server-lr`` (the config then bounds ``gamma`` by n / server-lr); with
 ``server_round=True`` the rule is also given the round (keyword ``server_round``);
 with ``memory=True`` it is given the clients' ids (``clients``, in ``local``'s order)
@@ -54,7 +56,7 @@ class Aggregate:
 
 
 Aggregator = Callable[[ArrayRecord, list[ArrayRecord], ExperimentConfig], ArrayRecord | Aggregate]
-AGGREGATORS: Registry[Aggregator] = Registry("aggregation", __name__)
+AGGREGATORS: Registry[Aggregator] = Registry("aggregation", __name__, choices={"aggregation": Registry.names})
 
 
 def round_context(name: str, server_round: int, clients: Sequence[int],

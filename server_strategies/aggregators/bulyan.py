@@ -13,15 +13,27 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy.bulyan import aggregate_n_closest_weights
 
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.settings import Rule
 
 from . import AGGREGATORS, Aggregate, apply_update, flat_updates
-from .krum import kept_by_multikrum
+from .krum import ROBUST_F, kept_by_multikrum
 
 
-@AGGREGATORS.register("bulyan")
+def bulyan_fits(cfg: ExperimentConfig) -> str | None:
+    """Bulyan's condition n >= 4f + 3 (El Mhamdi et al.), on the clients of a round."""
+    n, f = cfg.clients_per_round, ROBUST_F.of(cfg)
+    if n >= 4 * f + 3:
+        return None
+    return (f"{f} assumed malicious of {n} clients per round: Bulyan needs n >= 4f + 3 "
+            f"(here at least {4 * f + 3} clients)")
+
+
+@AGGREGATORS.register("bulyan", settings=(ROBUST_F,),
+                       rules=(Rule("robust-f", "clients per round >= 4 robust-f + 3 (Bulyan's condition)",
+                                   bulyan_fits),))
 def bulyan(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: ExperimentConfig) -> Aggregate:
     """Multi-Krum selection of n - 2f models, then a coordinate-wise trimmed mean around the median."""
-    n, f = len(local), cfg.robust_f
+    n, f = len(local), ROBUST_F.of(cfg)
     if n < 4 * f + 3:
         return Aggregate.unchanged(global_arrays, n, f"bulyan: {n} models, but f={f} needs at least {4 * f + 3}")
     kept = kept_by_multikrum(local, f, n - 2 * f)

@@ -38,6 +38,7 @@ from flwr.supercore.privacy_accounting import (
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.settings import Setting
 
 from . import AGGREGATORS, Aggregate, apply_update, flat_updates
 from .flame import model_seed
@@ -55,16 +56,25 @@ def epsilon_after(releases: int, noise_multiplier: float, sampled: int, populati
     return accountant.get_privacy_spent().epsilon
 
 
-@AGGREGATORS.register("dp-fixed-clip", server_round=True)
+CLIP = Setting("dp-clip-norm", 3.0, "dp-fixed-clip: L2 bound C on each update (Sun et al. 2019's norm bound 3).",
+               "federation", low=0.0, low_open=True, added=True)
+NOISE = Setting("dp-noise-multiplier", 0.25, "dp-fixed-clip: z; noise sigma = z * C / clients per round (Sun et al.'s "
+                                             "weak DP: 0.025 at C 3, 30 clients).", "federation", low=0.0,
+                low_open=True, added=True)
+DELTA = Setting("dp-delta", 1e-5, "dp-fixed-clip: the delta at which epsilon is reported.", "federation", low=0.0,
+                high=1.0, low_open=True, high_open=True, added=True)
+
+
+@AGGREGATORS.register("dp-fixed-clip", settings=(CLIP, NOISE, DELTA), server_round=True)
 def dp_fixed_clip(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: ExperimentConfig,
                   server_round: int = 1) -> Aggregate:
     """The mean of the updates clipped to dp-clip-norm, plus Gaussian noise z*C/m; reports epsilon."""
     updates = flat_updates(global_arrays, local)
-    factors = clip_factors(np.linalg.norm(updates, axis=1), cfg.dp_clip_norm)
-    stdv = compute_stdv(cfg.dp_noise_multiplier, cfg.dp_clip_norm, cfg.clients_per_round)
+    clip, noise_multiplier = CLIP.of(cfg), NOISE.of(cfg)
+    factors = clip_factors(np.linalg.norm(updates, axis=1), clip)
+    stdv = compute_stdv(noise_multiplier, clip, cfg.clients_per_round)
     noise = np.random.default_rng(model_seed(global_arrays, cfg.seed)).normal(0.0, stdv, updates.shape[1])
     update = (factors[:, None] * updates).mean(axis=0) + noise
-    epsilon = epsilon_after(server_round, cfg.dp_noise_multiplier, cfg.clients_per_round, cfg.num_clients,
-                            cfg.dp_delta)
+    epsilon = epsilon_after(server_round, noise_multiplier, cfg.clients_per_round, cfg.num_clients, DELTA.of(cfg))
     return Aggregate(apply_update(global_arrays, update), tuple(float(x) for x in factors),
                      metrics={"epsilon": round(epsilon, 4)})

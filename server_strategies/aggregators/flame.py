@@ -24,15 +24,29 @@ from sklearn.cluster import HDBSCAN
 from sklearn.metrics.pairwise import cosine_distances
 
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.settings import Rule, Setting
 
 from . import AGGREGATORS, Aggregate, apply_update, flatten
 from .norm_clip import clip_factors
+
+FLAME_LAMBDA = Setting("flame-lambda", 0.001, "flame: Gaussian noise sigma = lambda x the median update norm "
+                                              "(FLAME's value for image classification).", "federation", low=0.0,
+                       added=True)
+MIN_CLUSTERED = 3  # HDBSCAN with min_cluster_size n/2 + 1 separates nothing among fewer models
+
+
+def clusters(cfg: ExperimentConfig) -> str | None:
+    """FLAME's clustering needs at least 3 models in a round."""
+    n = cfg.clients_per_round
+    if n >= MIN_CLUSTERED:
+        return None
+    return f"{n} clients per round: FLAME's clustering needs at least {MIN_CLUSTERED} models, it would only clip"
 
 
 def flame_admitted(models: np.ndarray) -> np.ndarray:
     """Boolean mask of the models HDBSCAN puts in a cluster (rows of ``models`` are flat models)."""
     n = len(models)
-    if n < 3:
+    if n < MIN_CLUSTERED:
         return np.ones(n, dtype=bool)
     distances = cosine_distances(models).clip(min=0.0)
     labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed",
@@ -49,7 +63,8 @@ def model_seed(global_arrays: ArrayRecord, seed: int) -> list[int]:
     return [seed, int.from_bytes(digest.digest()[:8], "little")]
 
 
-@AGGREGATORS.register("flame")
+@AGGREGATORS.register("flame", settings=(FLAME_LAMBDA,),
+                       rules=(Rule("num-clients", "clients per round >= 3 (FLAME's clustering)", clusters),))
 def flame(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: ExperimentConfig) -> Aggregate:
     """Cluster out the odd models, clip the rest to the median norm, average, add noise."""
     names = list(global_arrays.keys())
@@ -62,6 +77,6 @@ def flame(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: ExperimentC
     if not admitted.any():
         return Aggregate.unchanged(global_arrays, len(local), "flame: HDBSCAN admitted no model")
     update = (factors[:, None] * updates)[admitted].mean(axis=0)
-    noise = np.random.default_rng(model_seed(global_arrays, cfg.seed)).normal(0.0, cfg.flame_lambda * bound,
+    noise = np.random.default_rng(model_seed(global_arrays, cfg.seed)).normal(0.0, FLAME_LAMBDA.of(cfg) * bound,
                                                                                update.size)
     return Aggregate(apply_update(global_arrays, update + noise), tuple(float(x) for x in factors))

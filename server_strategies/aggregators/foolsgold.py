@@ -32,6 +32,7 @@ from sklearn.metrics.pairwise import cosine_similarity
 
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.errors import ConfigError
+from fl_backdoor.settings import Setting
 
 from . import AGGREGATORS, Aggregate, apply_update, flat_updates
 
@@ -66,13 +67,20 @@ def feature_columns(global_arrays: ArrayRecord, features: str) -> slice:
     return slice(start, start + sizes[last])
 
 
-@AGGREGATORS.register("foolsgold", memory=True)
+FEATURES = Setting("foolsgold-features", "all", "foolsgold: the update histories compared: all (the reference "
+                                               "code) or output (the last layer's weights).", "federation",
+                   choices=("all", "output"), added=True)
+CONFIDENCE = Setting("foolsgold-confidence", 1.0, "foolsgold: kappa of the logit (the paper's 1).", "federation",
+                     low=0.0, low_open=True, added=True)
+
+
+@AGGREGATORS.register("foolsgold", settings=(FEATURES, CONFIDENCE), memory=True)
 def foolsgold(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: ExperimentConfig,
               clients: list[int] | None = None, memory: dict[str, torch.Tensor] | None = None) -> Aggregate:
     """The mean of the updates, each weighted by FoolsGold's alpha from the clients' update histories."""
     clients = list(range(len(local))) if clients is None else clients
     memory = {} if memory is None else memory
-    columns = feature_columns(global_arrays, cfg.foolsgold_features)
+    columns = feature_columns(global_arrays, FEATURES.of(cfg))
     width = columns.stop - columns.start
     if cfg.num_clients * width * 4 > MAX_HISTORY_BYTES:
         raise ConfigError(f"foolsgold-features: the histories of {cfg.num_clients} clients x {width} parameters "
@@ -83,7 +91,7 @@ def foolsgold(global_arrays: ArrayRecord, local: list[ArrayRecord], cfg: Experim
         update = torch.from_numpy(row[columns].astype(np.float32))
         memory[f"foolsgold/{c}"] = memory[f"foolsgold/{c}"] + update if f"foolsgold/{c}" in memory else update
     histories = np.stack([memory[f"foolsgold/{c}"].numpy().astype(np.float64) for c in clients])
-    alpha = foolsgold_weights(histories, cfg.foolsgold_confidence)
+    alpha = foolsgold_weights(histories, CONFIDENCE.of(cfg))
     if not alpha.any():
         return Aggregate.unchanged(global_arrays, len(local), "foolsgold: every client weighed 0")
     return Aggregate(apply_update(global_arrays, (alpha[:, None] * updates).mean(axis=0)),

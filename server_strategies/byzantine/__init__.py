@@ -30,10 +30,15 @@ from flwr.app import ArrayRecord
 
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.registry import Registry
+from fl_backdoor.settings import Setting
 from server_strategies.aggregators import apply_update, flat_updates
 
+KNOWLEDGE = Setting("byzantine-knowledge", "omniscient", "What the Byzantine attackers know: omniscient (every "
+                                                         "client's honest update) or colluders (their own).",
+                    "attack", choices=("omniscient", "colluders"), added=True)
 ByzantineAttack = Callable[[np.ndarray, int, int, ExperimentConfig], np.ndarray]
-BYZANTINE: Registry[ByzantineAttack] = Registry("byzantine attack", __name__)
+BYZANTINE: Registry[ByzantineAttack] = Registry("byzantine attack", __name__, settings=(KNOWLEDGE,),
+                                                choices={"byzantine-attack": lambda r: ("none", *r.names())})
 
 
 def poison_replies(cfg: ExperimentConfig, global_arrays: ArrayRecord, local: list[ArrayRecord],
@@ -43,7 +48,7 @@ def poison_replies(cfg: ExperimentConfig, global_arrays: ArrayRecord, local: lis
     if cfg.byzantine_attack == "none" or m == 0:
         return local
     updates = flat_updates(global_arrays, local)
-    known = updates if cfg.byzantine_knowledge == "omniscient" else updates[np.asarray(attacking)]
+    known = updates if KNOWLEDGE.of(cfg) == "omniscient" else updates[np.asarray(attacking)]
     if len(known) < 2:
         print(f"byzantine: {len(known)} honest update(s) known, too few for a standard deviation; "
               f"the attackers submit their honest models this round", flush=True)

@@ -15,8 +15,11 @@ import numpy as np
 from scipy.stats import norm
 
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.settings import Setting
 
 from . import BYZANTINE
+
+ALIE_Z = Setting("alie-z", 0.0, "alie: z; 0 = the paper's z_max from n and m.", "attack", low=0.0, added=True)
 
 
 def alie_z(n: int, m: int) -> float:
@@ -29,8 +32,8 @@ def alie_z(n: int, m: int) -> float:
     return float(norm.ppf((n - s) / n))
 
 
-@BYZANTINE.register("alie")
+@BYZANTINE.register("alie", settings=(ALIE_Z,))
 def alie(honest: np.ndarray, n: int, m: int, cfg: ExperimentConfig) -> np.ndarray:
     """mean - z * std, coordinate-wise."""
-    z = cfg.alie_z or alie_z(n, m)
+    z = ALIE_Z.of(cfg) or alie_z(n, m)
     return honest.mean(axis=0) - z * honest.std(axis=0)

@@ -11,11 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.settings import Setting
 
 from . import BYZANTINE
 
+EPSILON = Setting("ipm-epsilon", 0.1, "ipm: epsilon of -epsilon x the honest mean.", "attack", low=0.0, low_open=True,
+                  added=True)
 
-@BYZANTINE.register("ipm")
+
+@BYZANTINE.register("ipm", settings=(EPSILON,))
 def ipm(honest: np.ndarray, n: int, m: int, cfg: ExperimentConfig) -> np.ndarray:
     """-epsilon * mean."""
-    return -cfg.ipm_epsilon * honest.mean(axis=0)
+    return -EPSILON.of(cfg) * honest.mean(axis=0)

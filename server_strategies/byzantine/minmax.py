@@ -15,8 +15,12 @@ import numpy as np
 from sklearn.metrics import pairwise_distances
 
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.settings import Setting
 
 from . import BYZANTINE
+
+GAMMA_INIT = Setting("minmax-gamma", 10.0, "minmax: gamma_init of the paper's search.", "attack", low=0.0,
+                     low_open=True, added=True)
 
 TAU = 1e-5
 
@@ -40,8 +44,8 @@ def minmax_gamma(honest: np.ndarray, direction: np.ndarray, gamma_init: float) -
     return found
 
 
-@BYZANTINE.register("minmax")
+@BYZANTINE.register("minmax", settings=(GAMMA_INIT,))
 def minmax(honest: np.ndarray, n: int, m: int, cfg: ExperimentConfig) -> np.ndarray:
     """mean - gamma * std, gamma as large as the honest updates' spread allows."""
     direction = -honest.std(axis=0)
-    return honest.mean(axis=0) + minmax_gamma(honest, direction, cfg.minmax_gamma) * direction
+    return honest.mean(axis=0) + minmax_gamma(honest, direction, GAMMA_INIT.of(cfg)) * direction

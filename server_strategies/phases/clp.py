@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from defenses.clp import clp_prune
+from fl_backdoor.settings import Setting
 
 from . import PHASES
 
@@ -12,10 +13,15 @@ if TYPE_CHECKING:
     from server_strategies.cleansing import Cleansing
 
 
-@PHASES.register("clp")
+U = Setting("clp-u", 3.0, "clp: prune the channels whose Lipschitz upper bound exceeds mean + u std of their layer "
+                          "(3, as BackdoorBench's CLP configuration).", "cleansing")
+
+
+@PHASES.register("clp", settings=(U,))
 def clp(ctx: Cleansing, result: str) -> None:
     """Zero the channels whose Lipschitz upper bound exceeds mean + clp-u std of their conv layer."""
-    pruned = clp_prune(ctx.run.global_model.model, ctx.cfg.clp_u)
+    u = U.of(ctx.cfg)
+    pruned = clp_prune(ctx.run.global_model.model, u)
     count = sum(len(channels) for channels in pruned.values())
-    ctx.finish(result, clp_channels=pruned, clp_pruned=count, u=ctx.cfg.clp_u,
-               note=f"CLP (u={ctx.cfg.clp_u:g}) zeroed {count} channels in {len(pruned)} conv layers")
+    ctx.finish(result, clp_channels=pruned, clp_pruned=count, u=u,
+               note=f"CLP (u={u:g}) zeroed {count} channels in {len(pruned)} conv layers")

@@ -4,29 +4,59 @@
 sharpness-aware minimization: FT-SAM (Zhu et al., ICCV 2023) run federated.  Each
 honest client takes SAM steps of radius ``sam-rho`` (adaptive SAM with ``sam-adaptive``,
 as FT-SAM does) on its own data; the server aggregates as in plain fine-tuning.  The
-round's message carries ``sharpness-aware = true`` and nothing else changes on the wire.
+round's train message names the training variant ``sharpness-aware`` (registered here,
+clients/jobs.py) and nothing else changes on the wire.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from clients.jobs import TRAINING, TrainingVariant
 from defenses.stop_rules import Patience
+from fl_backdoor import protocol
+from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.run_dir import load_checkpoint
+from fl_backdoor.settings import Rule, Setting
+from fl_backdoor.training import SGDSettings
 
 from . import PHASES
 
 if TYPE_CHECKING:
     from server_strategies.cleansing import Cleansing
 
+ROUNDS = Setting("finetune-rounds", 10, "Maximum federated fine-tuning rounds.", "cleansing", low=0, added=False)
+PATIENCE = Setting("finetune-patience", 2, "Stop fine-tuning after this many rounds without improving on the best "
+                                          "accuracy so far (the pruned model's included).", "cleansing", low=1,
+                   added=False)
+KEEP = Setting("finetune-keep", "last", "Model fine-tuning hands to AW: last (the model when it stops, Algorithm 1) "
+                                        "or best (best validation accuracy, the pruned model of round 0 included).",
+               "cleansing", choices=("last", "best"), added=False)
+SAM_RHO = Setting("sam-rho", 2.0, "finetune-sam: radius rho of the weight perturbation (FT-SAM's BackdoorBench "
+                                  "setting, 2.0, with adaptive SAM).", "cleansing", low=0.0, low_open=True)
+SAM_ADAPTIVE = Setting("sam-adaptive", True, "finetune-sam: adaptive SAM (perturbation scaled by |w|, Kwon et al. "
+                                             "2021) as FT-SAM uses; false = plain SAM.", "cleansing")
+RUNS_A_ROUND = Rule("finetune-rounds", "finetune-rounds >= 1 when the defense fine-tunes",
+                    lambda cfg: None if ROUNDS.of(cfg) >= 1 else
+                    f"0 rounds with defense '{cfg.defense}': fine-tuning would run no round")
 
-@PHASES.register("finetune")
+
+@TRAINING.register("sharpness-aware")
+class SharpnessAware(TrainingVariant):
+    """Honest clients take SAM steps of radius sam-rho (adaptive with sam-adaptive)."""
+
+    def settings(self, cfg: ExperimentConfig, settings: SGDSettings) -> SGDSettings:
+        return replace(settings, sam_rho=SAM_RHO.of(cfg), sam_adaptive=SAM_ADAPTIVE.of(cfg))
+
+
+@PHASES.register("finetune", settings=(ROUNDS, PATIENCE, KEEP), rules=(RUNS_A_ROUND,))
 def finetune(ctx: Cleansing, result: str) -> None:
     """FedAvg rounds on the pruned model until clean accuracy stops improving (``fine_tune``)."""
     fine_tune(ctx, result, sharpness_aware=False)
 
 
-@PHASES.register("finetune-sam")
+@PHASES.register("finetune-sam", settings=(ROUNDS, PATIENCE, KEEP, SAM_RHO, SAM_ADAPTIVE), rules=(RUNS_A_ROUND,))
 def finetune_sam(ctx: Cleansing, result: str) -> None:
     """Fine-tuning in which honest clients minimise sharpness-aware loss (FT-SAM, federated)."""
     fine_tune(ctx, result, sharpness_aware=True)
@@ -42,13 +72,14 @@ def fine_tune(ctx: Cleansing, result: str, sharpness_aware: bool) -> None:
     """
     cfg, run = ctx.cfg, ctx.run
     gm, state = run.global_model, run.state
-    keep_best = cfg.finetune_keep == "best"
+    keep = KEEP.of(cfg)
+    keep_best = keep == "best"
     if not state.step_progress:
         state.step_progress = {"best": ctx.model_accuracy(), "best_round": 0, "rounds": 0, "round": gm.round}
         if keep_best:
             run.checkpoint("ft-best", phase="finetune")
         state.save(run.run_dir)
-    rule = Patience(cfg.finetune_patience, cfg.finetune_rounds, baseline=state.step_progress["best"])
+    rule = Patience(PATIENCE.of(cfg), ROUNDS.of(cfg), baseline=state.step_progress["best"])
     rule.best_round, rule.rounds = state.step_progress["best_round"], state.step_progress["rounds"]
 
     def record(accuracy: float) -> None:
@@ -62,13 +93,14 @@ def fine_tune(ctx: Cleansing, result: str, sharpness_aware: bool) -> None:
         # killed after a round's model was saved but before its accuracy was recorded: record it now
         record(ctx.model_accuracy())
     while not rule.stop:
-        run.federated_round("finetune", gm.round + 1, entries={"sharpness-aware": True} if sharpness_aware else None)
+        run.federated_round("finetune", gm.round + 1,
+                            entries={protocol.TRAINING: "sharpness-aware"} if sharpness_aware else None)
         record(ctx.model_accuracy())
-    kept_round = rule.kept_round(cfg.finetune_keep)
+    kept_round = rule.kept_round(keep)
     if keep_best:
         gm.model.load_state_dict(load_checkpoint(run.run_dir.checkpoint("ft-best"))["state_dict"])
     state.step_progress = {}  # saved when the step completes; a later fine-tuning step starts afresh
     ctx.finish(result, rounds=rule.rounds, best_round=rule.best_round, kept_round=kept_round, best_accuracy=rule.best,
-               keep=cfg.finetune_keep,
+               keep=keep,
                note=f"{'SAM ' if sharpness_aware else ''}fine-tuned {rule.rounds} rounds "
                     f"(best validation in round {rule.best_round}), kept the model of round {kept_round}")

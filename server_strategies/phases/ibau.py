@@ -3,9 +3,10 @@
 Federated: ``ibau-rounds`` FedAvg rounds; in each, every honest client runs one I-BAU
 round on its own clean data (its universal perturbation, then the hypergradient
 unlearning steps) and returns its model; the server averages as in fine-tuning.  The
-message is fine-tuning's TRAIN message with ``unlearning = "ibau"``: the model and the
-mask go out, a model comes back, so neither the perturbation nor any data leaves a
-client.  Attackers take part as in fine-tuning (``finetune-attack``).
+message is fine-tuning's TRAIN message naming the training variant ``ibau`` (registered
+here, clients/jobs.py): the model and the mask go out, a model comes back, so neither
+the perturbation nor any data leaves a client.  Attackers take part as in fine-tuning
+(``finetune-attack``).
 
 On the server: ``ibau-rounds`` I-BAU rounds on the validation set, as the centralized
 comparisons use it.
@@ -16,35 +17,64 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
-from defenses.ibau import ibau_settings, ibau_unlearn
+from clients.jobs import TRAINING, TrainingVariant
+from defenses.ibau import IBAUSettings, ibau_unlearn
+from fl_backdoor import protocol
+from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.settings import Setting
+from fl_backdoor.training import TrainStats
 
 from . import PHASES
 
 if TYPE_CHECKING:
     from server_strategies.cleansing import Cleansing
 
+ROUNDS = Setting("ibau-rounds", 5, "ibau, ibau-server: I-BAU rounds (the reference code's 5); federated, one round is "
+                                   "one FedAvg round of every client's local I-BAU round.", "cleansing", low=1)
+NORM = Setting("ibau-norm", 10.0, "ibau: L2 bound on the universal perturbation (the reference's 10).", "cleansing",
+               low=0.0, low_open=True)
+LR = Setting("ibau-lr", 1e-4, "ibau: Adam learning rate of the unlearning steps (BackdoorBench's I-BAU "
+                              "configuration).", "cleansing", low=0.0, low_open=True)
+SETTINGS = (ROUNDS, NORM, LR)
 
-@PHASES.register("ibau")
+
+def ibau_settings(cfg: ExperimentConfig, rounds: int) -> IBAUSettings:
+    """I-BAU's settings: the reference code's, with the configured bound and learning rate."""
+    return IBAUSettings(rounds=rounds, norm=NORM.of(cfg), lr=LR.of(cfg))
+
+
+@TRAINING.register("ibau")
+class IBAURound(TrainingVariant):
+    """An honest client runs one I-BAU round on its clean data instead of training."""
+
+    def honest_training(self, cfg: ExperimentConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        generator: torch.Generator) -> TrainStats | None:
+        return ibau_unlearn(model, x, y, ibau_settings(cfg, rounds=1), generator)
+
+
+@PHASES.register("ibau", settings=SETTINGS)
 def ibau(ctx: Cleansing, result: str) -> None:
     """ibau-rounds federated rounds of the clients' local I-BAU rounds."""
     run, gm = ctx.run, ctx.run.global_model
+    rounds = ROUNDS.of(ctx.cfg)
     if "ibau_start" not in run.state.step_progress:  # a resumed run continues the rounds it had started
         run.state.step_progress = {"ibau_start": gm.round}
         run.state.save(run.run_dir)
-    end = run.state.step_progress["ibau_start"] + ctx.cfg.ibau_rounds
+    end = run.state.step_progress["ibau_start"] + rounds
     while gm.round < end:
-        run.federated_round("finetune", gm.round + 1, entries={"unlearning": "ibau"})
+        run.federated_round("finetune", gm.round + 1, entries={protocol.TRAINING: "ibau"})
     run.state.step_progress = {}
-    ctx.finish(result, rounds=ctx.cfg.ibau_rounds, note=f"federated I-BAU: {ctx.cfg.ibau_rounds} rounds")
+    ctx.finish(result, rounds=rounds, note=f"federated I-BAU: {rounds} rounds")
 
 
-@PHASES.register("ibau-server")
+@PHASES.register("ibau-server", settings=SETTINGS)
 def ibau_server(ctx: Cleansing, result: str) -> None:
     """ibau-rounds I-BAU rounds on the server's validation set."""
-    gm = ctx.run.global_model
+    gm, rounds = ctx.run.global_model, ROUNDS.of(ctx.cfg)
     generator = torch.Generator().manual_seed(ctx.cfg.seed)
-    stats = ibau_unlearn(gm.model, ctx.val_x, ctx.val_y, ibau_settings(ctx.cfg, ctx.cfg.ibau_rounds), generator)
-    ctx.finish(result, rounds=ctx.cfg.ibau_rounds, steps=stats.num_steps, loss=stats.loss,
+    stats = ibau_unlearn(gm.model, ctx.val_x, ctx.val_y, ibau_settings(ctx.cfg, rounds), generator)
+    ctx.finish(result, rounds=rounds, steps=stats.num_steps, loss=stats.loss,
                note=f"I-BAU on the server's {int(ctx.val_y.shape[0])} validation images: "
-                    f"{ctx.cfg.ibau_rounds} rounds, {stats.num_steps} unlearning steps")
+                    f"{rounds} rounds, {stats.num_steps} unlearning steps")
