@@ -302,9 +302,16 @@ class ExperimentConfig:
         return known[key].setting.default
 
     def to_flat(self) -> dict[str, Any]:
-        """The config as flat kebab-case keys with scalar values."""
+        """The config as flat kebab-case keys with scalar values.
+
+        A plugin's key is left out while at its default: the config then also reads in a process
+        that has not loaded the plugin (a run that does not list it in ``plugins``).
+        """
         flat: dict[str, Any] = {s.key: getattr(self, s.key.replace("-", "_")) for s in CORE_SETTINGS}
-        flat.update({key: self.value(key) for key in declared()})
+        for key, d in declared().items():
+            value = self.value(key)
+            if d.builtin or value != d.setting.default:
+                flat[key] = value
         return flat
 
     def replace(self, **changes: Any) -> ExperimentConfig:
@@ -656,7 +663,13 @@ def markdown_reference() -> str:
     rows = ["| key | default | allowed | meaning | declared by |", "|---|---|---|---|---|"]
     for key, s in builtin_schema().items():
         meaning = s.help.replace("|", "/")
-        rows.append(f"| `{key}` | `{toml_value(s.default)}` | {s.allowed()} | {meaning} | {owners.get(key, 'core')} |")
+        allowed = s.allowed()
+        if callable(s.choices):  # the project's own components only, not those a plugin registered
+            registry = registry_choosing(key)
+            names = [n for n in s.choice_names() if n not in registry]  # 'none', the paper's modes
+            names += sorted(n for n in s.choice_names() if n in registry and registry.builtin(n))
+            allowed = "one of " + ", ".join(f"`{n}`" for n in names)
+        rows.append(f"| `{key}` | `{toml_value(s.default)}` | {allowed} | {meaning} | {owners.get(key, 'core')} |")
     rules = ["| key | applies when | what must hold | if not |", "|---|---|---|---|"]
     picked = [("always", rule) for rule in CORE_RULES]
     for registry in sorted(REGISTRIES, key=lambda r: r.kind):

@@ -76,7 +76,7 @@ class Registry(Generic[T]):
         """Register ``entry`` under ``name``; a name can be taken only once."""
         if name in self._entries and self._entries[name] is not entry:
             raise ValueError(f"{self.kind} '{name}' is registered twice")
-        module = getattr(entry, "__module__", None) or type(entry).__module__
+        module = str(getattr(getattr(entry, "func", entry), "__module__", ""))  # a partial: its function's
         builtin = self.package is not None and (module == self.package or module.startswith(self.package + "."))
         declare(settings, f"{self.kind} {name}", builtin)
         self._entries[name] = entry

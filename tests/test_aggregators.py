@@ -200,6 +200,7 @@ def test_foolsgold_output_features_are_the_last_weight_matrix_only():
                                                           "foolsgold/7": [0.0, 2.0, 4.0, 6.0]}
 
 
+@pytest.mark.slow
 def test_foolsgold_histories_survive_a_continuation_from_the_checkpoint(data_dir, tmp_path):
     import torch
 
@@ -231,6 +232,7 @@ def test_detection_counts_true_and_false_positives():
                       "attacker_factor": 0.5, "benign_factor": 0.25}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["krum", "flame", "fltrust", "dp-fixed-clip"])
 def test_a_robust_rule_runs_through_flower_and_reports_what_it_flagged(name, data_dir, tmp_path):
     cfg = ExperimentConfig.from_flat({"dataset": "mnist", "num-clients": 5, "labels-per-client": 10,

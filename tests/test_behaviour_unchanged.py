@@ -36,6 +36,9 @@ from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.run_dir import processor, read_csv
 from server_strategies.simulation import run_simulation
 
+pytestmark = pytest.mark.slow  # the slow tier: pytest -m slow
+
+
 FIXTURE = Path(__file__).parent / "fixtures" / "behaviour.json"
 RECORD = os.environ.get("FL_BACKDOOR_RECORD_BEHAVIOUR") == "1"
 

@@ -24,6 +24,7 @@ def all_mode(data_dir, tmp_path_factory):
     return cfg, run_simulation(cfg)
 
 
+@pytest.mark.slow
 def test_all_mode_runs_every_phase_and_reports_it(all_mode):
     cfg, run_dir = all_mode
     results = json.loads((run_dir / "results.json").read_text())
@@ -49,6 +50,7 @@ def test_all_mode_runs_every_phase_and_reports_it(all_mode):
         assert (run_dir / "checkpoints" / f"{name}.pt").exists()
 
 
+@pytest.mark.slow
 def test_the_mask_is_persistent_and_zeroes_the_pruned_neurons(all_mode):
     cfg, run_dir = all_mode
     results = json.loads((run_dir / "results.json").read_text())
@@ -79,6 +81,7 @@ def test_aw_zeroed_the_reported_number_of_weights(all_mode):
     assert all(torch.equal(final[k], ft[k]) for k in ft if k != key), "AW touches only the last conv layer"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, phases", [("aw", {"training", "aw"}), ("fp", {"training", "fp"})])
 def test_a_saved_model_is_defended_without_training(all_mode, tmp_path, mode, phases):
     cfg, run_dir = all_mode
@@ -93,6 +96,7 @@ def test_a_saved_model_is_defended_without_training(all_mode, tmp_path, mode, ph
     assert [r["phase"] for r in read_csv(defended / "metrics.csv")] == ["init"]
 
 
+@pytest.mark.slow
 def test_benign_attackers_during_fine_tuning_do_not_poison(all_mode, tmp_path):
     cfg, run_dir = all_mode
     defended = run_simulation(cfg.replace(init_checkpoint=str(run_dir / "checkpoints" / "trained.pt"), num_rounds=0,

@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
+
 from experiments.dba_cifar import main
 from fl_backdoor.run_dir import read_csv
+
+pytestmark = pytest.mark.slow  # the slow tier: pytest -m slow
 
 
 def test_tiny_cifar_dba_with_cleansing_runs_end_to_end(data_dir, tmp_path, capsys):

@@ -21,6 +21,9 @@ from fl_backdoor.deployment import LocalFederation, flower_tool, make_certificat
 from fl_backdoor.run_dir import read_csv
 from server_strategies.nodes import assign_clients
 
+pytestmark = pytest.mark.slow  # the slow tier: pytest -m slow
+
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"dataset": "mnist", "num-clients": 3, "labels-per-client": 10, "data-fraction": 0.02, "test-subset": 500,
          "lr": 0.05, "poison-lr": 0.05, "trigger": "pixel-9", "finetune-rounds": 1, "curve-points": 2,

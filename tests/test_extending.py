@@ -162,7 +162,7 @@ def test_registered_components_are_config_choices():
 
 def test_a_component_s_settings_and_rules_are_the_config_s():
     cfg = ExperimentConfig.from_flat(CONFIG)
-    assert SHRINK.of(cfg) == 0.5 and cfg.to_flat()["toy-activation-floor"] == 0.0
+    assert SHRINK.of(cfg) == 0.5 and cfg.value("toy-activation-floor") == 0.0
     assert ExperimentConfig.from_flat({**CONFIG, "toy-shrink": "0.25"}).value("toy-shrink") == 0.25
     with pytest.raises(ConfigError, match=r"^toy-shrink: must be in \(0, 1\], got 2.0$"):
         ExperimentConfig.from_flat({**CONFIG, "toy-shrink": 2})
@@ -174,6 +174,21 @@ def test_a_component_s_settings_and_rules_are_the_config_s():
     assert ExperimentConfig.added_defaults()["toy-shrink"] == 1.0
 
 
+def test_a_plugin_s_keys_at_their_defaults_stay_out_of_configs_that_do_not_load_it():
+    """This process has the toy components loaded; a run that does not list them in ``plugins`` sends its
+    config to processes that have not: it must read there."""
+    import subprocess
+    import sys
+
+    plain = ExperimentConfig.from_flat({"dataset": "mnist"}).to_flat()
+    assert "toy-shrink" not in plain and "toy-activation-floor" not in plain
+    assert ExperimentConfig.from_flat(CONFIG).to_flat()["toy-shrink"] == 0.5, "a key set away from its default stays"
+    read = subprocess.run([sys.executable, "-c", "import json, sys; from fl_backdoor.config import ExperimentConfig; "
+                           "print(ExperimentConfig.from_flat(json.loads(sys.argv[1])).dataset)", json.dumps(plain)],
+                          capture_output=True, text=True, check=True)
+    assert read.stdout == "mnist\n"
+
+
 def test_the_blend_trigger_mixes_the_pattern_in():
     images = torch.full((2, 1, 4, 4), 0.5)
     out = trigger_for("toy-blend", 4).apply(images)
@@ -181,6 +196,7 @@ def test_the_blend_trigger_mixes_the_pattern_in():
     assert out[0, 0, 0, 0].item() == pytest.approx(0.4) and out[0, 0, 0, 1].item() == pytest.approx(0.6)
 
 
+@pytest.mark.slow
 def test_toy_attack_aggregator_phase_and_trigger_run_through_flower(data_dir, tmp_path):
     cfg = ExperimentConfig.from_flat({**CONFIG, "data-dir": data_dir, "output-dir": str(tmp_path)})
     run_dir = run_simulation(cfg)

@@ -41,6 +41,7 @@ def test_pgd_submits_a_boosted_update_no_longer_than_its_bound(data_dir):
     assert update_norm(own.state, state) < update_norm(free.state, state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ["none", "pgd"])
 def test_norm_clipping_catches_the_boosted_attacker_but_not_pgd_under_its_bound(attack, data_dir, tmp_path):
     cfg = ExperimentConfig.from_flat({"dataset": "mnist", "num-clients": 4, "labels-per-client": 10,
@@ -141,6 +142,7 @@ def test_the_colluders_replies_become_one_malicious_model():
                                     {"byzantine-attack": "ipm", "ipm-epsilon": 20.0, "num-attackers": 2,
                                      "aggregation": "norm-clip"}],
                          ids=["blend", "label-flip", "neurotoxin", "semantic", "ipm"])
+@pytest.mark.slow
 def test_an_attack_runs_through_flower(values, data_dir, tmp_path, capfd):
     cfg = ExperimentConfig.from_flat({"dataset": "mnist", "num-clients": 5, "labels-per-client": 10,
                                       "data-fraction": 0.02, "test-subset": 300, "lr": 0.05, "num-rounds": 2,

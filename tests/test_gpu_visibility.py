@@ -5,6 +5,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the slow tier: pytest -m slow
+
+
 PROBE = textwrap.dedent("""
     import os, sys, ray
     from fl_backdoor.training import share_gpus_with_workers

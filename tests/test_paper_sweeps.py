@@ -67,6 +67,7 @@ def failing_runner(cfg: ExperimentConfig) -> Path:
     raise AssertionError(f"report-only ran {cfg.run_name}")
 
 
+@pytest.mark.slow
 def test_table4_runs_each_comparison_once_as_a_sweep_run_and_its_report_only_reads_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # one Fashion-MNIST pair, no shared clean rounds, no MNIST or CIFAR-10: three runs in all

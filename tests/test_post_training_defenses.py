@@ -169,6 +169,7 @@ def test_an_rnp_mask_scales_the_channel_weight_and_keeps_its_bias(bn):
 IBAU_RNP = "ibau-server?,rnp-server?,rnp?,ibau"
 
 
+@pytest.mark.slow
 def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     small = {"dataset": "mnist", "num-clients": 4, "labels-per-client": 10, "data-fraction": 0.05,
              "test-subset": 500, "lr": 0.05, "poison-lr": 0.05, "poison-epochs": 2, "trigger": "pixel-9",

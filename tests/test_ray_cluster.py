@@ -9,6 +9,9 @@ import pytest
 from fl_backdoor.sweeps import Experiment, run_sweep
 from server_strategies.simulation import run_simulation
 
+pytestmark = pytest.mark.slow  # the slow tier: pytest -m slow
+
+
 TINY = {"dataset": "mnist", "num-clients": 2, "labels-per-client": 10, "data-fraction": 0.01, "test-subset": 200,
         "lr": 0.05, "num-rounds": 1, "curve-points": 0, "defense": "train-only"}
 

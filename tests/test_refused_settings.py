@@ -15,7 +15,7 @@ import pytest
 from experiments.run import main
 from fl_backdoor.cli import run_cli
 from fl_backdoor.config import ConfigError, ExperimentConfig
-from fl_backdoor.run_dir import RunDirectory, RunDirectoryInUse
+from fl_backdoor.run_dir import RunDirectory
 from fl_backdoor.settings import Rule, Setting
 
 INFINITE = ["clip-norm", "pgd-norm", "flame-lambda", "dp-clip-norm", "dp-noise-multiplier", "ipm-epsilon", "alie-z",
@@ -152,33 +152,6 @@ def test_a_rule_names_its_key_and_says_why():
     rule = Rule("x-count", "x-count <= num-clients", lambda cfg: None if cfg.num_clients >= 4 else "too many")
     assert rule.message(ExperimentConfig.from_flat({"num-clients": 4})) is None
     assert rule.message(ExperimentConfig.from_flat({"num-clients": 3})) == "x-count: too many"
-
-
-def test_a_lock_left_by_a_killed_run_does_not_stop_its_resume(tmp_path):
-    """A run killed by a signal leaves <run>/.lock behind; the operating system released its lock with the
-    process, so the resume takes it (the flock is on the open file, not on the file's existence)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    run = tmp_path / "run"
-    run.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from fl_backdoor.run_dir import RunDirectory; held = RunDirectory(Path(sys.argv[1])); "
-                               "held.lock(); "
-                               "print('locked', flush=True); time.sleep(60)", str(run)], stdout=subprocess.PIPE,
-                              text=True)
-    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-    with pytest.raises(RunDirectoryInUse, match=f"being written by another run \\(pid {holder.pid}\\)"):
-        RunDirectory(run).lock()
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.wait()
-    assert (run / ".lock").read_text() == f"{holder.pid}\n", "the killed run's lock file is still there"
-    resumed = RunDirectory(run)
-    resumed.lock()
-    assert (run / ".lock").read_text() == f"{os.getpid()}\n"
-    resumed.release()
 
 
 def test_a_resumed_run_keeps_the_config_it_started_with(tmp_path):

@@ -33,6 +33,7 @@ def assert_finite_model(run_dir: Path, name: str) -> None:
     assert all(torch.isfinite(v.float()).all() for v in state.values())
 
 
+@pytest.mark.slow
 def test_invalid_model_replies_are_dropped_and_counted(data_dir, tmp_path):
     kinds = ["wrong-names", "wrong-shape", "wrong-dtype", "non-finite", "raise"]
     cfg = tiny(data_dir, tmp_path, **{"num-clients": 7, "attacker-ids": "0,1,2,3,4", "num-rounds": 2,
@@ -49,6 +50,7 @@ def test_invalid_model_replies_are_dropped_and_counted(data_dir, tmp_path):
     assert float(rows[-1]["ta"]) > float(rows[0]["ta"]) + 0.05, "the two honest clients still train the model"
 
 
+@pytest.mark.slow
 def test_invalid_rankings_votes_accuracies_and_masks_are_dropped(data_dir, tmp_path):
     cfg = tiny(data_dir, tmp_path, **{"num-clients": 6, "attacker-ids": "0,1,2,3", "num-rounds": 1,
                                       "malformed-reply": "bad-ranking/bad-votes/bad-accuracy/bad-masks",
@@ -67,6 +69,7 @@ def test_invalid_rankings_votes_accuracies_and_masks_are_dropped(data_dir, tmp_p
     assert_finite_model(run_dir, "all")
 
 
+@pytest.mark.slow
 def test_too_few_valid_replies_skip_the_round_and_keep_the_model(data_dir, tmp_path):
     cfg = tiny(data_dir, tmp_path, **{"num-clients": 3, "attacker-ids": "0,1", "num-rounds": 1,
                                       "malformed-reply": "non-finite", "min-replies": 2})
@@ -77,6 +80,7 @@ def test_too_few_valid_replies_skip_the_round_and_keep_the_model(data_dir, tmp_p
     assert_finite_model(run_dir, "trained")
 
 
+@pytest.mark.slow
 def test_a_client_killed_mid_round_does_not_stop_the_run(data_dir, tmp_path):
     cfg = tiny(data_dir, tmp_path, **{"num-clients": 4, "num-rounds": 2, "malformed-reply": "crash"})
     run_dir = run_simulation(cfg)
@@ -88,6 +92,7 @@ def test_a_client_killed_mid_round_does_not_stop_the_run(data_dir, tmp_path):
     assert_finite_model(run_dir, "trained")
 
 
+@pytest.mark.slow
 def test_a_hanging_client_times_out(data_dir, tmp_path):
     cfg = tiny(data_dir, tmp_path, **{"num-clients": 3, "num-rounds": 1, "malformed-reply": "hang",
                                       "round-timeout": 8})
@@ -102,6 +107,7 @@ def comparable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(data_dir, tmp_path):
     values = {"num-clients": 3, "num-rounds": 4, "defense": "all", "finetune-rounds": 2, "curve-points": 2,
               "gamma": 2, "trigger": "pixel-9", "poison-epochs": 2}
@@ -120,10 +126,13 @@ def test_killed_run_resumes_to_the_same_result(data_dir, tmp_path):
     proc.wait()
     interrupted = read_csv(metrics)
     assert 3 <= len(interrupted) < 5, "killed during training"
+    assert (out / "r" / ".lock").read_text() == f"{proc.pid}\n", "the killed run left its .lock behind"
+    started = json.loads((out / "r" / "config.json").read_text())
 
     resumed = run_simulation(ExperimentConfig.from_flat({"output-dir": str(out), "run-name": "r", "resume": True,
                                                         "data-dir": data_dir}))
     assert comparable(read_csv(resumed / "metrics.csv")) == comparable(read_csv(straight / "metrics.csv"))
+    assert json.loads((resumed / "config.json").read_text()) == started, "the record of how the run started"
     a = (straight / "results.md").read_text()
     b = (resumed / "results.md").read_text()
     assert a == b
@@ -212,6 +221,7 @@ def test_duplicated_unexpected_failed_and_lost_replies_are_each_counted(monkeypa
     assert federation.drop_counts(4, "train") == {"invalid": 2, "fault": 1, "missing": 2}
 
 
+@pytest.mark.slow
 def test_a_run_killed_between_a_fine_tuning_round_and_its_accuracy_resumes_to_the_same_result(
         data_dir, tmp_path, monkeypatch):
     from server_strategies.cleansing import Cleansing
@@ -267,11 +277,15 @@ def test_the_lock_of_a_killed_run_is_free_again(tmp_path):
         RunDirectory(tmp_path).lock()
     holder.kill()
     holder.wait()
+    # the killed run leaves its .lock file behind; the lock itself went with the process (issue 43)
+    assert (tmp_path / ".lock").read_text() == f"{holder.pid}\n"
     run_dir = RunDirectory(tmp_path)
     run_dir.lock()
+    assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
     run_dir.release()
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_path, monkeypatch):
     import errno
 
@@ -298,6 +312,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_pa
     assert [r["round"] for r in read_csv(resumed / "metrics.csv")] == ["0", "1", "2", "3"]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_checkpoint_resumes_by_starting_over(data_dir, tmp_path):
     from fl_backdoor.run_dir import RunDirectory
 

@@ -54,6 +54,7 @@ def test_run_directory_holds_config_versions_checkpoint_and_plot(trained_run):
     assert results["phases"]["training"]["ta"] == pytest.approx(float(read_csv(run_dir / "metrics.csv")[-1]["ta"]))
 
 
+@pytest.mark.slow
 def test_run_starts_from_a_checkpoint_and_continues_round_numbers(trained_run, tmp_path):
     cfg, run_dir = trained_run
     ckpt = run_dir / "checkpoints" / "trained.pt"
@@ -65,6 +66,7 @@ def test_run_starts_from_a_checkpoint_and_continues_round_numbers(trained_run, t
     assert start["round"] == ROUNDS
 
 
+@pytest.mark.slow
 def test_dba_run_reports_each_local_trigger(data_dir, tmp_path):
     cfg = ExperimentConfig.from_flat({
         **SMALL, "data-dir": data_dir, "output-dir": str(tmp_path), "num-rounds": 2, "num-clients": 8,

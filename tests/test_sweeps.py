@@ -142,6 +142,7 @@ def test_parallel_bound_and_actor_share():
 
 
 # --- sweeps on Ray with a stand-in runner -----------------------------------------------------------------
+@pytest.mark.slow
 def test_rerun_skips_finished_resumes_checkpointed_and_restarts_the_rest(tmp_path):
     done, killed, stale, new = exp("done"), exp("killed", seed=1), exp("stale", seed=2), exp("new", seed=3)
     runs = tmp_path / "runs"
@@ -167,6 +168,7 @@ def test_rerun_skips_finished_resumes_checkpointed_and_restarts_the_rest(tmp_pat
     assert sorted(again.skipped) == sorted(outcome.finished)
 
 
+@pytest.mark.slow
 def test_shared_parent_runs_once_before_its_children_and_failures_stop_only_their_descendants(tmp_path):
     parent = exp("shared")
     kids = [parent.child(f"k{i}", seed=i) for i in range(3)]
@@ -185,6 +187,7 @@ def test_shared_parent_runs_once_before_its_children_and_failures_stop_only_thei
 
 
 # --- a real sweep: Ray tasks running Flower simulations ----------------------------------------------------
+@pytest.mark.slow
 def test_real_sweep_trains_once_defends_from_its_model_and_resumes(data_dir, tmp_path):
     training = Experiment("train", {"dataset": "mnist", "data-dir": data_dir, "num-clients": 3,
                                     "labels-per-client": 10, "data-fraction": 0.02, "test-subset": 300,
@@ -207,6 +210,10 @@ def test_real_sweep_trains_once_defends_from_its_model_and_resumes(data_dir, tmp
     assert again.skipped == [training.name] and not again.failed
     assert "resuming" in (tmp_path / "logs" / f"{defense.name}.log").read_text()
     assert json.loads((defended_dir / "results.json").read_text())["row"] == results["row"]
+    started = json.loads((defended_dir / "config.json").read_text())
+    assert started["init-checkpoint"] == str(outcome.run_dir(training) / "checkpoints" / "trained.pt")
+    assert started["resume"] is False, "the resume kept the record of how the run started"
+    assert len(json.loads((defended_dir / "resumes.json").read_text())) == 1
 
 
 def _run_simulation():
