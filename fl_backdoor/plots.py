@@ -4,17 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import matplotlib
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # after use("Agg"): no display backend
+
+def pyplot() -> ModuleType:
+    """matplotlib's pyplot on the headless Agg backend, imported when a plot is drawn: a client process, which
+    draws none, does not pay for the import at every start."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_curves(path: Path, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str,
                 title: str, ylabel: str = "accuracy (%)", invert_x: bool = False) -> None:
     """Line plot of named (x, y) curves; y in [0, 1] is drawn as a percentage, AA curves dashed."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.0), dpi=120)
     for name, (xs, ys) in curves.items():
         style = "--" if name.lower().startswith("aa") else "-"
         ax.plot(list(xs), [100.0 * float(v) for v in ys], style, marker="o", markersize=3, label=name)
@@ -32,7 +43,7 @@ def plot_curves(path: Path, curves: Mapping[str, tuple[Sequence[float], Sequence
 def plot_bars(path: Path, groups: Sequence[str], panels: dict[str, dict[str, Sequence[float | None]]], title: str,
               ylabel: str = "%") -> None:
     """Grouped bar chart, one panel per entry of ``panels`` ({series: one value per group}, None = no bar)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 0.55 * len(groups) * len(panels) + 3), 3.8),
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(max(6.0, 0.55 * len(groups) * len(panels) + 3), 3.8),
                              dpi=120, squeeze=False)
     for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
         width = 0.8 / max(len(series), 1)
@@ -53,6 +64,7 @@ def plot_bars(path: Path, groups: Sequence[str], panels: dict[str, dict[str, Seq
 def plot_scatter(path: Path, points: Mapping[str, tuple[float, float]], *, xlabel: str, ylabel: str,
                  title: str) -> None:
     """Labelled points "group | setting": one marker per setting, one colour per group."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
     groups = list(dict.fromkeys(name.split(" | ")[0] for name in points))
     settings = list(dict.fromkeys(name.split(" | ")[-1] for name in points))
@@ -73,11 +85,11 @@ def plot_scatter(path: Path, points: Mapping[str, tuple[float, float]], *, xlabe
     save_figure(fig, path)
 
 
-def save_figure(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     """Lay out, write atomically (a reader never sees half a PNG) and close."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
+    pyplot().close(fig)
     tmp.replace(path)

@@ -1,5 +1,7 @@
 """The paper targets at full scale hold the paper's cases (built, not run)."""
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,9 +66,21 @@ def test_table4_compares_on_every_trained_model_in_runs_of_their_own(tmp_path: P
 
 
 @pytest.mark.parametrize("scale", list(SCALES))
-def test_every_target_builds_at_every_scale(scale: str) -> None:
+def test_every_target_builds_at_every_scale_with_the_recorded_run_names(scale: str, data_dir: str) -> None:
+    """Every run of every target (parents included) keeps its directory name: the names, as computed by the code
+    of 584e469 before the settings moved to their components, are pinned as a count and a hash per target."""
+    recorded = json.loads((Path(__file__).parent / "fixtures" / "run_names.json").read_text())
     for target in TARGETS:
-        assert plan(target, scale).experiments, f"{target} at {scale} has no experiments"
+        experiments = plan(target, scale).experiments
+        assert experiments, f"{target} at {scale} has no experiments"
+        names: set[str] = set()
+        for e in experiments:
+            run: Experiment | None = e
+            while run is not None:
+                names.add(run.name)
+                run = run.parent
+        found = {"runs": len(names), "sha256": hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]}
+        assert found == recorded[f"{scale}/{target}"], f"{target} at {scale}: run names changed"
 
 
 def test_ablation_changes_one_factor_at_a_time_on_the_same_trained_models() -> None:

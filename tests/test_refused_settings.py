@@ -51,6 +51,8 @@ ERRORS = [
     (["defense=aw??"], "error: defense: 'aw??' is not a phase, nor a probe written 'phase?'"),
     (["num-clients=4 gamma=2"], "error: 'num-clients=4 gamma=2': one key=value per -c (repeat -c for each key)"),
     (["lr=nan"], "error: lr: must be a number, got nan"),
+    (["malformed-reply=hang", "round-timeout=inf"],
+     "error: round-timeout: inf with malformed-reply 'hang': the server would wait for the hanging client forever"),
 ]
 WARNINGS = [
     (["byzantine-attack=alie", "num-attackers=0"],

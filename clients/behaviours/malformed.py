@@ -7,11 +7,13 @@ report, an accuracy report or RNP masks.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
 
 from defenses.neuron_ranking import votes_to_prune
+from fl_backdoor.settings import Rule
 
 from . import BEHAVIOURS, Behaviour, Job, State
 
@@ -24,7 +26,9 @@ class Raise(Behaviour):
         raise RuntimeError("malformed-reply=raise: the attacker's client failed on purpose")
 
 
-@BEHAVIOURS.register("hang", role="malformed")
+@BEHAVIOURS.register("hang", role="malformed", rules=(
+    Rule("round-timeout", "finite when an attacker hangs", lambda cfg: None if math.isfinite(cfg.round_timeout) else
+         "inf with malformed-reply 'hang': the server would wait for the hanging client forever"),))
 class Hang(Behaviour):
     """The training job sleeps past the server's round timeout."""
 

@@ -20,8 +20,6 @@ import hashlib
 
 import numpy as np
 from flwr.app import ArrayRecord
-from sklearn.cluster import HDBSCAN
-from sklearn.metrics.pairwise import cosine_distances
 
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.settings import Rule, Setting
@@ -45,6 +43,9 @@ def clusters(cfg: ExperimentConfig) -> str | None:
 
 def flame_admitted(models: np.ndarray) -> np.ndarray:
     """Boolean mask of the models HDBSCAN puts in a cluster (rows of ``models`` are flat models)."""
+    from sklearn.cluster import HDBSCAN  # here, not at the top: every process that loads the rules would pay 1 s
+    from sklearn.metrics.pairwise import cosine_distances
+
     n = len(models)
     if n < MIN_CLUSTERED:
         return np.ones(n, dtype=bool)

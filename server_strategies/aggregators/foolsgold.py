@@ -28,7 +28,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
-from sklearn.metrics.pairwise import cosine_similarity
 
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.errors import ConfigError
@@ -42,6 +41,8 @@ MAX_HISTORY_BYTES = 2**30
 def foolsgold_weights(histories: np.ndarray, confidence: float = 1.0) -> np.ndarray:
     """alpha per client (rows of ``histories`` are the clients' summed updates), Algorithm 1 steps 2-5."""
     n = len(histories)
+    from sklearn.metrics.pairwise import cosine_similarity  # here: a process that loads the rules does not pay 1 s
+
     cs = cosine_similarity(histories) - np.eye(n)
     v = cs.max(axis=1) if n > 1 else np.zeros(n)
     pardon = (v[:, None] < v[None, :]) & (v[None, :] > 0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import norm
 
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.settings import Setting
@@ -29,6 +28,8 @@ def alie_z(n: int, m: int) -> float:
     taken at the largest s that leaves a probability below 1, s = 1.
     """
     s = max(math.floor(n / 2 + 1) - m, 1)
+    from scipy.stats import norm  # here: a process that loads the attacks does not pay for scipy.stats
+
     return float(norm.ppf((n - s) / n))
 
 

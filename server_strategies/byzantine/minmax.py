@@ -12,7 +12,6 @@ holds and down while it does not, until the step is below tau = 1e-5.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import pairwise_distances
 
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.settings import Setting
@@ -28,6 +27,8 @@ TAU = 1e-5
 def minmax_gamma(honest: np.ndarray, direction: np.ndarray, gamma_init: float) -> float:
     """The largest gamma (to TAU) with max_i ||mu + gamma p - b_i|| <= the largest honest pairwise distance."""
     mean = honest.mean(axis=0)
+    from sklearn.metrics import pairwise_distances  # here: a process that loads the attacks does not pay 1 s
+
     limit = float(pairwise_distances(honest).max())
 
     def passes(gamma: float) -> bool:
