@@ -268,8 +268,7 @@ class ExperimentConfig:
         The plugins come first, so that their keys are known.  Raises ConfigError for an
         unknown key or a value of the wrong type.
         """
-        plugins = next((v for k, v in values.items() if k == "plugins"), "")
-        load_plugins(str(plugins))
+        load_plugins(str(values.get("plugins", "")))
         schema = cls.schema()
         core: dict[str, Any] = {}
         components: dict[str, Value] = {}

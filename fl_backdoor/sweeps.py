@@ -111,10 +111,11 @@ def clean_pretraining(config: Mapping[str, Any], rounds: int, label: str = "pret
     """
     cfg = ExperimentConfig.from_flat(config)
     defaults = ExperimentConfig().to_flat()  # a plugin's keys only where given: at their defaults they stay out
+    schema = ExperimentConfig.schema()
     values = {k: v for k, v in config.items()}
     for key in ExperimentConfig.keys_with_role("attack") + ExperimentConfig.keys_with_role("cleansing"):
         if key in defaults or key in values:
-            values[key] = ExperimentConfig.schema()[key].default
+            values[key] = schema[key].default
     if cfg.attack_mode == "victim" and cfg.attackers and values["attack-label"] == cfg.victim_label:
         values["attack-label"] = (cfg.victim_label + 1) % 10  # any valid label: nobody poisons
     values.update({"num-rounds": rounds, "attack-rounds": "none", "defense": "train-only"})
