@@ -222,7 +222,7 @@ def load_components() -> None:
         points = metadata.entry_points(group=COMPONENTS)
         if not points:
             raise UserError("no fl-backdoor components are installed: run `pip install -e .` in the project "
-                            "(README: Install)")
+                            "(README.md: Install)")
         for point in points:
             point.load()
         from .registry import REGISTRIES
