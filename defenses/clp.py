@@ -12,12 +12,22 @@ residual addition).  No data, no client: the server alone reads the weights.
 
 The reference code divides by sqrt(var_k); the eps that the batch norm itself adds is kept
 here, so the bound is that of the layer as it computes.
+
+Within a clean-accuracy budget (defenses/budget.py), u is the strongest candidate: when
+pruning at u costs more, u + 0.5, u + 1, ... are tried (each prunes fewer channels) until
+one is within the budget or none prunes anything, and the model is then left as it was.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+from .budget import Budget, strongest_within
+
+U_STEP = 0.5  # how much u grows between the candidates of clp_within_budget
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d | None]]:
@@ -60,3 +70,27 @@ def clp_prune(model: nn.Module, u: float) -> dict[str, list[int]]:
                     module.bias[chosen] = 0.0
         pruned[name] = chosen
     return pruned
+
+
+def clp_within_budget(model: nn.Module, u: float, accuracy_of: Callable[[nn.Module], float], budget: Budget
+                      ) -> tuple[float | None, dict[str, list[int]], list[tuple[float, float]]]:
+    """CLP at the strongest u (``u`` upwards, in steps of 0.5) whose clean accuracy the budget allows:
+    (that u, None when none is and nothing is pruned; the channels pruned; (u, accuracy) of every candidate
+    measured)."""
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    candidates = [u]
+    while True:  # the candidates up to the first that prunes nothing
+        probe = clp_prune(model, candidates[-1])
+        model.load_state_dict(saved)
+        if not probe:
+            break
+        candidates.append(candidates[-1] + U_STEP)
+
+    def accuracy_at(value: float) -> float:
+        clp_prune(model, value)
+        accuracy = accuracy_of(model)
+        model.load_state_dict(saved)
+        return accuracy
+
+    chosen, seen = strongest_within(candidates[:-1], accuracy_at, budget)
+    return chosen, (clp_prune(model, chosen) if chosen is not None else {}), seen

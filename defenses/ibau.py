@@ -21,6 +21,7 @@ Adam with lr 1e-4, batches of 256, perturbation SGD lr 10, 1% of each batch pert
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,8 +99,13 @@ def hypergradient(params: list[torch.Tensor], delta: torch.Tensor,
 
 
 def ibau_unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: IBAUSettings,
-                 generator: torch.Generator) -> TrainStats:
-    """I-BAU's rounds on the clean data (x, y), in place; the model stays in eval mode (as the reference)."""
+                 generator: torch.Generator, keep: Callable[[nn.Module], bool] | None = None) -> TrainStats:
+    """I-BAU's rounds on the clean data (x, y), in place; the model stays in eval mode (as the reference).
+
+    With ``keep``, each round is kept only if ``keep(model)`` says so after it; the first that is not is undone
+    and ends the unlearning (a clean-accuracy budget: defenses/budget.py).  ``num_steps`` counts the kept rounds'
+    steps.
+    """
     params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(params, lr=settings.lr)
     first = torch.randperm(x.shape[0], generator=generator).to(x.device)[:settings.batch_size]
@@ -110,6 +116,8 @@ def ibau_unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: I
 
     total, steps = 0.0, 0
     for _ in range(settings.rounds):
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()} if keep is not None else {}
+        round_loss, round_steps = 0.0, 0
         delta = universal_perturbation(model, x, settings, generator)
         for idx in shuffled_batches(x.shape[0], settings.batch_size, generator, x.device):
             xb, yb = x[idx], y[idx]
@@ -127,6 +135,11 @@ def ibau_unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: I
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
             optimiser.step()
-            total += loss
-            steps += 1
-    return TrainStats(loss=total / max(steps, 1), num_examples=int(x.shape[0]) * settings.rounds, num_steps=steps)
+            round_loss += loss
+            round_steps += 1
+        if keep is not None and not keep(model):
+            model.load_state_dict(saved)
+            break
+        total, steps = total + round_loss, steps + round_steps
+    rounds = steps // max(math.ceil(x.shape[0] / settings.batch_size), 1)
+    return TrainStats(loss=total / max(steps, 1), num_examples=int(x.shape[0]) * rounds, num_steps=steps)

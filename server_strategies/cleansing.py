@@ -6,6 +6,10 @@ share: the layer to act on, clean accuracy (the server's validation set, or, wit
 pruning-accuracy = clients, accuracies the clients report in a federated round), the
 way to ask the clients a phase's registered query (clients/jobs.py), and the bookkeeping
 of each step's result.  The attack set is only ever evaluated for reporting.
+
+No defense hands back a model whose validation accuracy fell by more than ``clean-budget``
+from the trained model's: when the last step leaves one, the trained model is restored and
+the last step's result records why (``guard``), beside what the method itself reached.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ import numpy as np
 from flwr.app import MessageType
 
 from clients.jobs import QUERIES
+from defenses.budget import Budget
 from fl_backdoor import protocol
 from fl_backdoor.federation_data import client_partitions, validation_set
+from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.models import layer_neurons, resolve_layer
+from fl_backdoor.run_dir import load_checkpoint
 from fl_backdoor.training import accuracy, to_device
-from server_strategies.phases import PHASES, PRUNING_ACCURACY, PRUNING_LAYER, Step, defense_steps
+from server_strategies.phases import CLEAN_BUDGET, PHASES, PRUNING_ACCURACY, PRUNING_LAYER, Step, defense_steps
 from server_strategies.reply_checks import Checker, evaluate_checker
 from server_strategies.server_run import ServerRun, percent
 
@@ -122,7 +129,34 @@ class Cleansing:
                                         - self.report_seconds, 3)
             seconds["curves"] = round(seconds.get("curves", 0.0) + self.report_seconds, 3)
             self.run.complete(step.token)
+        if "guard" not in self.run.state.done:
+            self.guard()
+            self.run.complete("guard")
         return self.results
+
+    def guard(self) -> None:
+        """The defense's clean-accuracy budget, checked on the model it hands back (the last applied step's)."""
+        applied = [s.result for s in defense_steps(self.cfg.defense) if not s.probe and s.result in self.results]
+        if not applied:
+            return
+        gm, last = self.run.global_model, applied[-1]
+        trained = load_checkpoint(self.run.run_dir.checkpoint("trained"))
+        start = copy.deepcopy(gm.model)
+        start.load_state_dict(trained["state_dict"])
+        install_mask(start, NeuronMask.from_dict(trained["mask"]) if trained.get("mask") else None)
+        budget = Budget(accuracy(start, self.val_x, self.val_y, self.cfg.eval_batch_size), CLEAN_BUDGET.of(self.cfg))
+        reached = self.validation_accuracy()
+        if budget.allows(reached):
+            self.results[last]["guard"] = budget.record(reached, reverted=False)
+            return
+        method = {"method_ta": self.results[last]["ta"], "method_aa": self.results[last]["aa"]}
+        gm.model.load_state_dict(trained["state_dict"])
+        gm.set_mask(NeuronMask.from_dict(trained["mask"]) if trained.get("mask") else None)
+        reason = (f"the defense left validation accuracy {reached:.4f}, more than clean-budget {budget.budget:g} below "
+                  f"the trained model's {budget.baseline:.4f}: the trained model is handed back unchanged")
+        self.results[last] = {**self.results[last], **self.run.evaluate(),
+                              "guard": budget.record(reached, reverted=True, reason=reason, **method)}
+        print(f"[guard] {reason}", flush=True)
 
     def run_step(self, step: Step) -> None:
         """Apply one phase to the global model; a probe is undone once its result is recorded."""

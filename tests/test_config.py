@@ -126,7 +126,7 @@ def test_every_key_declares_known_roles_and_the_key_lists_derive_from_them():
                                        "byzantine-knowledge", "alie-z", "ipm-epsilon", "minmax-gamma",
                                        "neurotoxin-ratio", "semantic-margin"}
     cleansing = [k for k in ExperimentConfig.keys() if k.startswith(("pruning-", "finetune-", "aw-"))]  # noqa: SIM118
-    assert set(roles("cleansing")) == {*cleansing, "defense", "mvp-rate", "curve-points",
+    assert set(roles("cleansing")) == {*cleansing, "defense", "mvp-rate", "curve-points", "clean-budget",
                                         # added with issue 17's defenses
                                         "sam-rho", "sam-adaptive", "clp-u", "ibau-rounds", "ibau-norm", "ibau-lr",
                                         "rnp-threshold"}

@@ -103,11 +103,13 @@ def test_rnp_masks_stay_in_zero_one_and_prune_exactly_the_low_channels():
     x = torch.rand(200, 1, 28, 28)
     y = torch.randint(0, 10, (200,))
     settings = RNPSettings(batch_size=50, unlearning_epochs=3, recovering_epochs=5, recovering_lr=2.0)
-    unlearned, epochs, accuracy = unlearn(model, x, y, settings, torch.Generator().manual_seed(0))
-    assert 1 <= epochs <= 3 and (epochs == 3 or accuracy <= settings.clean_threshold)
-    before, after = model.state_dict(), unlearned.state_dict()
+    unlearned = unlearn(model, x, y, settings, torch.Generator().manual_seed(0))
+    assert 1 <= unlearned.epochs <= 3 and (unlearned.epochs == 3 or unlearned.accuracy <= settings.clean_threshold)
+    assert all(a > settings.clean_threshold for a in unlearned.accuracies[:-1]), "checked after every step"
+    assert len(unlearned.accuracies) <= 3 * 4, "four steps an epoch at most"
+    before, after = model.state_dict(), unlearned.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before), "unlearning changed the copy"
-    masks = recover_masks(unlearned, x, y, settings, torch.Generator().manual_seed(0))
+    masks = recover_masks(unlearned.model, x, y, settings, torch.Generator().manual_seed(0))
     assert set(masks) == {"features.conv1", "features.conv2"}
     values = torch.cat(list(masks.values()))
     assert values.shape == (12,) and float(values.min()) >= 0.0 and float(values.max()) <= 1.0
@@ -136,12 +138,15 @@ def test_federated_rnp_masks_travel_as_one_list_and_the_server_checks_them():
 
     def reply(**metrics):
         return RecordDict({"metrics": MetricRecord({"masks": flat, "num-examples": 30, "unlearning-epochs": 4,
-                                                    "unlearned-accuracy": 0.125, **metrics})})
+                                                    "unlearned-accuracy": 0.125, "top-class-share": 0.5,
+                                                    "logit-growth": 2.5, **metrics})})
     check = rnp_checker(5)
-    assert check(reply()) == (flat, 30, 4, 0.125)
+    assert check(reply()) == (flat, 30, 4, 0.125, 0.5, 2.5)
     for bad, reason in (({"masks": flat[:4]}, "expected 5 masks"), ({"masks": [1.5, *flat[1:]]}, "outside"),
                         ({"masks": [float("nan"), *flat[1:]]}, "outside"), ({"unlearning-epochs": -1}, "count"),
-                        ({"unlearned-accuracy": 2.0}, "outside"), ({"num-examples": -3}, "count")):
+                        ({"unlearned-accuracy": 2.0}, "outside"), ({"num-examples": -3}, "count"),
+                        ({"top-class-share": 1.5}, "outside"), ({"logit-growth": float("inf")}, "finite"),
+                        ({"logit-growth": -1.0}, "finite")):
         with pytest.raises(InvalidReply, match=reason):
             check(reply(**bad))
 

@@ -42,10 +42,15 @@ PRUNING_LAYER = Setting("pruning-layer", "", "Layer whose neurons are ranked and
 PRUNING_ACCURACY = Setting("pruning-accuracy", "server", "Accuracy for the pruning stop: server validation set or "
                                                          "client reports.", "cleansing",
                            choices=("server", "clients"), added=False)
+CLEAN_BUDGET = Setting("clean-budget", 0.05, "The clean accuracy a defense may spend: a phase that prunes, masks or "
+                                             "unlearns takes the strongest amount whose validation accuracy stays "
+                                             "within this of its input's, and a defense whose final model falls "
+                                             "further below the trained model's hands back the trained model "
+                                             "(docs/defenses/budget.md).", "cleansing", low=0.0, high=1.0)
 CURVE_POINTS = Setting("curve-points", 16, "Points of the pruning (Fig. 5) and Delta (Fig. 6) curves; 0 = no curves.",
                        "cleansing", low=0, added=False)
 PHASES: Registry[Phase] = Registry(
-    "phase", __name__, settings=(PRUNING_LAYER, PRUNING_ACCURACY, CURVE_POINTS),
+    "phase", __name__, settings=(PRUNING_LAYER, PRUNING_ACCURACY, CLEAN_BUDGET, CURVE_POINTS),
     choices={"defense": lambda r: tuple(dict.fromkeys((*MODES, *r.names())))},
     picks=lambda cfg: tuple(dict.fromkeys(step.phase for step in defense_steps(cfg.defense))))
 PAPER_RESULTS = {("prune",): "fp", ("prune", "aw"): "fp-aw", ("prune", "finetune"): "ft",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from defenses.clp import clp_prune
+from defenses.budget import Budget
+from defenses.clp import clp_within_budget
 from fl_backdoor.settings import Setting
 
-from . import PHASES
+from . import CLEAN_BUDGET, PHASES
 
 if TYPE_CHECKING:
     from server_strategies.cleansing import Cleansing
@@ -19,9 +20,15 @@ U = Setting("clp-u", 3.0, "clp: prune the channels whose Lipschitz upper bound e
 
 @PHASES.register("clp", settings=(U,))
 def clp(ctx: Cleansing, result: str) -> None:
-    """Zero the channels whose Lipschitz upper bound exceeds mean + clp-u std of their conv layer."""
+    """Zero the channels whose Lipschitz upper bound exceeds mean + u std of their conv layer: u = clp-u, or the
+    smallest larger u (in steps of 0.5) whose validation accuracy is within clean-budget."""
     u = U.of(ctx.cfg)
-    pruned = clp_prune(ctx.run.global_model.model, u)
+    budget = Budget(ctx.validation_accuracy(), CLEAN_BUDGET.of(ctx.cfg))
+    used, pruned, seen = clp_within_budget(ctx.run.global_model.model, u, lambda m: ctx.validation_accuracy(), budget)
     count = sum(len(channels) for channels in pruned.values())
-    ctx.finish(result, clp_channels=pruned, clp_pruned=count, u=u,
-               note=f"CLP (u={u:g}) zeroed {count} channels in {len(pruned)} conv layers")
+    reason = None if used is not None or not seen else \
+        f"pruning at every u from {u:g} upwards that prunes a channel costs more clean accuracy than the budget"
+    ctx.finish(result, clp_channels=pruned, clp_pruned=count, u=u, u_used=used, unchanged=reason, u_tried=seen,
+               budget=budget.record(ctx.validation_accuracy()),
+               note=f"CLP: nothing zeroed ({reason})" if reason else
+               f"CLP (u={used if used is not None else u:g}) zeroed {count} channels in {len(pruned)} conv layers")

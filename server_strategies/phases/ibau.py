@@ -10,6 +10,9 @@ the perturbation nor any data leaves a client.  Attackers take part as in fine-t
 
 On the server: ``ibau-rounds`` I-BAU rounds on the validation set, as the centralized
 comparisons use it.
+
+Both stop early within ``clean-budget``: the first round after which the validation
+accuracy is more than the budget below the phase's input is undone and ends the phase.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ import torch
 from torch import nn
 
 from clients.jobs import TRAINING, TrainingVariant
+from defenses.budget import Budget
 from defenses.ibau import IBAUSettings, ibau_unlearn
 from fl_backdoor import protocol
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.settings import Setting
 from fl_backdoor.training import TrainStats
 
-from . import PHASES
+from . import CLEAN_BUDGET, PHASES
 
 if TYPE_CHECKING:
     from server_strategies.cleansing import Cleansing
@@ -60,21 +64,36 @@ def ibau(ctx: Cleansing, result: str) -> None:
     run, gm = ctx.run, ctx.run.global_model
     rounds = ROUNDS.of(ctx.cfg)
     if "ibau_start" not in run.state.step_progress:  # a resumed run continues the rounds it had started
-        run.state.step_progress = {"ibau_start": gm.round}
+        run.state.step_progress = {"ibau_start": gm.round, "clean_input": ctx.validation_accuracy()}
         run.state.save(run.run_dir)
-    end = run.state.step_progress["ibau_start"] + rounds
-    while gm.round < end:
+    budget = Budget(run.state.step_progress["clean_input"], CLEAN_BUDGET.of(ctx.cfg))
+    start = run.state.step_progress["ibau_start"]
+    stopped = None
+    while gm.round < start + rounds and stopped is None:
+        before = {k: v.detach().clone() for k, v in gm.model.state_dict().items()}
         run.federated_round("finetune", gm.round + 1, entries={protocol.TRAINING: "ibau"})
+        accuracy = ctx.validation_accuracy()
+        if not budget.allows(accuracy):
+            gm.model.load_state_dict(before)
+            stopped = f"round {gm.round} left validation accuracy {accuracy:.4f}, below the budget's floor " \
+                      f"{budget.floor:.4f}: undone, and the phase ended"
+    kept = gm.round - start - (stopped is not None)
     run.state.step_progress = {}
-    ctx.finish(result, rounds=rounds, note=f"federated I-BAU: {rounds} rounds")
+    ctx.finish(result, rounds=rounds, rounds_kept=kept, stopped=stopped,
+               budget=budget.record(ctx.validation_accuracy()),
+               note=f"federated I-BAU: {kept} of {rounds} rounds kept" + (f" ({stopped})" if stopped else ""))
 
 
 @PHASES.register("ibau-server", settings=SETTINGS)
 def ibau_server(ctx: Cleansing, result: str) -> None:
     """ibau-rounds I-BAU rounds on the server's validation set."""
     gm, rounds = ctx.run.global_model, ROUNDS.of(ctx.cfg)
+    budget = Budget(ctx.validation_accuracy(), CLEAN_BUDGET.of(ctx.cfg))
     generator = torch.Generator().manual_seed(ctx.cfg.seed)
-    stats = ibau_unlearn(gm.model, ctx.val_x, ctx.val_y, ibau_settings(ctx.cfg, rounds), generator)
-    ctx.finish(result, rounds=rounds, steps=stats.num_steps, loss=stats.loss,
+    stats = ibau_unlearn(gm.model, ctx.val_x, ctx.val_y, ibau_settings(ctx.cfg, rounds), generator,
+                         keep=lambda m: budget.allows(ctx.validation_accuracy()))
+    kept = stats.num_examples // max(int(ctx.val_y.shape[0]), 1)
+    ctx.finish(result, rounds=rounds, rounds_kept=kept, steps=stats.num_steps, loss=stats.loss,
+               budget=budget.record(ctx.validation_accuracy()),
                note=f"I-BAU on the server's {int(ctx.val_y.shape[0])} validation images: "
-                    f"{rounds} rounds, {stats.num_steps} unlearning steps")
+                    f"{kept} of {rounds} rounds kept, {stats.num_steps} unlearning steps")
