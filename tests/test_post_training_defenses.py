@@ -184,7 +184,7 @@ def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     runs = {}
     # I-BAU with a vanishing learning rate and no attacker: the clients' I-BAU rounds leave the model as it was
     for defense, extra in (("clp,finetune-sam", {}), ("clp,finetune", {}),
-                           (IBAU_RNP, {"ibau-rounds": 2, "ibau-lr": 1e-12, "num-attackers": 0})):
+                           (IBAU_RNP, {"ibau-rounds": 2, "ibau-steps": 1, "ibau-lr": 1e-12, "num-attackers": 0})):
         cfg = ExperimentConfig.from_flat({**small, "defense": defense, "clp-u": 1.0, "num-rounds": 0, **extra,
                                           "init-checkpoint": str(trained / "checkpoints" / "trained.pt"),
                                           "run-name": defense.replace(",", "-").replace("?", "")})
@@ -228,3 +228,14 @@ def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     tuned = load_checkpoint(runs["clp,finetune"] / "checkpoints" / "clp+finetune.pt")["state_dict"]
     assert max(float((unlearned[k] - start[k]).abs().max()) for k in start) < 1e-6
     assert max(float((tuned[k] - after_clp[k]).abs().max()) for k in start) > 1e-3, "SGD would have moved it"
+
+
+def test_ibau_takes_at_least_the_reference_steps_on_a_small_clean_set():
+    from server_strategies.phases.ibau import rounds_for
+
+    cfg = ExperimentConfig()
+    assert cfg.value("ibau-steps") == 50 and cfg.value("ibau-rounds") == 5
+    assert rounds_for(cfg, 600) == 17, "3 batches of 256 a round: 17 rounds for 50 steps, not 5 for 15"
+    assert rounds_for(cfg, 2500) == 5, "BackdoorBench's own 5% of CIFAR-10: its 5 rounds of 10 batches"
+    assert rounds_for(cfg, 5400) == 5
+    assert rounds_for(cfg.replace(ibau_steps=0), 600) == 5
