@@ -42,6 +42,7 @@ from defenses.anp import (
     apply_pruning,
     prune_by_threshold,
 )
+from defenses.budget import Budget
 from defenses.fine_pruning import MAX_DROP, fine_pruning
 from defenses.fine_tuning import FINE_TUNING
 from defenses.hasnet import HaSNetIteration, HaSNetSettings, collected_data, hasnet_train
@@ -64,6 +65,7 @@ from fl_backdoor.run_dir import (
 from fl_backdoor.sweeps import SWEEP_KEYS, Experiment
 from fl_backdoor.tables import PHASE_TITLES
 from fl_backdoor.training import SGDSettings, accuracy, pick_device, train
+from server_strategies.phases import CLEAN_BUDGET
 
 DEFENSES = ("anp", "hasnet", "fine-pruning", "neural-cleanse", "fine-tuning")
 FEDERATED_PHASES = ("fp", "fp-aw", "all", "aw")  # federated results shown as rows, when the run has them
@@ -351,7 +353,20 @@ class Comparison:
         self.evaluate = Evaluator(cfg, test_set(cfg), device)
         self.finetune = options.fine_tuning()
         self.details: dict[str, Any] = {"clean_samples": len(clean),
-                                        "clean_accuracy": accuracy(fresh(), self.x, self.y)}
+                                        "clean_accuracy": accuracy(fresh(), self.x, self.y), "guard": {}}
+        self.budget = Budget(self.details["clean_accuracy"], CLEAN_BUDGET.of(cfg))
+
+    def guarded(self, name: str, model: nn.Module, pruned: int | str, seconds: float) -> dict[str, Any]:
+        """The defense's row, or the unchanged model's when the defended model's clean accuracy is below the
+        budget (clean-budget under the input model's): no defense hands back a destroyed model.  What the method
+        itself reached is kept in details["guard"]."""
+        clean = accuracy(model, self.x, self.y)
+        if self.budget.allows(clean):
+            return row(name, self.evaluate(model), pruned, seconds)
+        self.details["guard"][name] = self.budget.record(clean, method=self.evaluate(model))
+        _say(f"  {name}: clean accuracy {clean:.4f} is below the budget's floor {self.budget.floor:.4f}: "
+             f"the model is handed back unchanged")
+        return row(f"{name} (unchanged: guard)", self.evaluate(self.fresh()), 0 if pruned != "" else "", seconds)
 
     def generator(self) -> torch.Generator:
         """A fresh generator seeded from the config, so every defense sees the same randomness."""
@@ -371,7 +386,7 @@ class Comparison:
             seconds = optimised + time.perf_counter() - begun
             outcomes[rule.describe()] = {"pruned_per_layer": result.per_layer(),
                                          "clean_accuracy": accuracy(model, self.x, self.y)}
-            rows.append(row(f"ANP ({rule.describe()})", self.evaluate(model), result.count, seconds))
+            rows.append(self.guarded(f"ANP ({rule.describe()})", model, result.count, seconds))
         self.details["anp"] = {"settings": dataclasses.asdict(settings), "rules": outcomes,
                                "neurons": {k: int(m.numel()) for k, m in masks.items()},
                                "mask_optimisation_seconds": round(optimised, 1)}
@@ -401,7 +416,7 @@ class Comparison:
                                                                            "clean_after")}}
         _say(f"  pruned {result.pruned} channels of {result.mask.layer}; clean accuracy "
              f"{result.clean_before:.3f} -> {result.clean_pruned:.3f}, after fine-tuning {result.clean_after:.3f}")
-        return [row("Fine-Pruning", self.evaluate(model), result.pruned, seconds)]
+        return [self.guarded("Fine-Pruning", model, result.pruned, seconds)]
 
     def neural_cleanse(self) -> list[dict[str, Any]]:
         """Neural Cleanse: reverse triggers, flag targets, unlearn."""
@@ -417,13 +432,13 @@ class Comparison:
             "trigger_success": [round(float(v), 4) for v in result.triggers.success]}
         _say(f"  mask L1 norms {[round(float(v), 1) for v in result.triggers.norms]}; flagged {result.flagged}")
         name = "Neural Cleanse" + ("" if result.flagged else " (nothing flagged)")
-        return [row(name, self.evaluate(model), "", seconds)]
+        return [self.guarded(name, model, "", seconds)]
 
     def fine_tuning(self) -> list[dict[str, Any]]:
         """Plain fine-tuning on the clean set."""
         model, started = self.fresh(), time.perf_counter()
         train(model, self.x, self.y, self.finetune, self.generator())
-        return [row("Fine-tuning", self.evaluate(model), "", time.perf_counter() - started)]
+        return [self.guarded("Fine-tuning", model, "", time.perf_counter() - started)]
 
     def hasnet(self) -> list[dict[str, Any]]:
         """HaS-Net training on the collected data (and, optionally, undefended centralized training)."""
@@ -452,7 +467,7 @@ class Comparison:
         model, started = build_model(cfg).to(self.device), time.perf_counter()
         history = hasnet_train(model, data.x, data.targets, self.x, heal_targets, settings, self.generator(),
                                watch=data.poisoned, progress=report)
-        rows.append(row("HaS-Net (centralized training)", self.evaluate(model), "", time.perf_counter() - started))
+        rows.append(self.guarded("HaS-Net (centralized training)", model, "", time.perf_counter() - started))
         self.details["hasnet"] = {"settings": dataclasses.asdict(settings), "label_confidence": o.label_confidence,
                                   "collected": int(data.targets.shape[0]), "poisoned": poisoned,
                                   "iterations": [dataclasses.asdict(h) for h in history]}
@@ -513,7 +528,9 @@ class ComparisonRun:
         flat = cfg.to_flat()
         # the model's own config, placed (data, device) where the sweep runs this comparison
         placement = {k: flat[k] for k in ExperimentConfig.keys_with_role("placement") if k not in SWEEP_KEYS}
-        compare(Path(cfg.init_checkpoint), out, self.options, changes=placement)
+        # the clean set's size is the comparison's own (the reference target runs two on one model)
+        compare(Path(cfg.init_checkpoint), out, self.options,
+                changes={**placement, "validation-fraction": flat["validation-fraction"]})
         return out
 
 

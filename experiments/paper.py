@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="targets:\n" + targets)
     parser.add_argument("target", choices=list(TARGETS), metavar="TARGET",
-                        help="table1..table7, fig3, fig5..fig10, adaptive, ablation")
+                        help="table1..table7, fig3, fig5..fig10, adaptive, ablation, robust, attacks, matrix, "
+                             "reference")
     parser.add_argument("--scale", choices=list(SCALES), default="small",
                         help="full: the paper's setting; small: a laptop; tiny: a smoke run (README)")
     parser.add_argument("--results-dir", default="", help="default: results/paper-<scale>")
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
                         help="robust, attacks: the aggregation rules, e.g. paper,krum,flame (default: all; see README)")
     parser.add_argument("--defenses", type=name_list("matrix defense", lambda: list(MATRIX_DEFENSES)), default=None,
                         help="matrix: its rows, e.g. clp,finetune-sam,rnp (default: all; see README)")
+    parser.add_argument("--datasets", type=name_list("reference dataset", lambda: ["fashion-mnist", "cifar10"]),
+                        default=None, help="reference: its datasets, e.g. fashion-mnist (default: both)")
     parser.add_argument("--variant", default="",
                         help="write the target's tables into <results-dir>/<target>-<variant> (e.g. a -c variant)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> SweepOutcome:
     if args.pretrain_rounds is not None and args.pretrain_rounds < 0:
         raise UserError(f"--pretrain-rounds: must be >= 0, got {args.pretrain_rounds}")
     setup = Setup(args.scale, args.config, args.pretrain_rounds, args.pairs, args.factors, args.rules,
-                  args.defenses)
+                  args.defenses, args.datasets)
     plan = TARGETS[args.target](setup)
     results_dir = Path(args.results_dir or f"results/paper-{args.scale}").expanduser().resolve()
     print(f"{args.target} at scale {args.scale}: {len(plan.experiments)} experiments, results in {results_dir}",

@@ -79,6 +79,7 @@ class Setup:
     factors: list[str] | None = None  # --factors: the ablation's factors (default: all of them)
     rules: list[str] | None = None  # --rules: the robust and attacks targets' aggregation rules (default: all)
     defenses: list[str] | None = None  # --defenses: the matrix target's rows (default: all of them)
+    datasets: list[str] | None = None  # --datasets: the reference target's datasets (default: both)
 
     @property
     def scale(self) -> Scale:
@@ -90,7 +91,8 @@ class Setup:
 
     def config(self, preset: dict[str, Any], **changes: Any) -> dict[str, Any]:
         """Flat config: the paper's federation, the dataset preset, the scale, the changes, then -c overrides."""
-        base = {**FEDERATION, **preset, **self.scale.settings, "num-rounds": self.scale.rounds[preset["dataset"]]}
+        rounds = self.scale.rounds.get(preset["dataset"])  # a dataset of no paper table brings its own
+        base = {**FEDERATION, **preset, **self.scale.settings, **({} if rounds is None else {"num-rounds": rounds})}
         base.update({k.replace("_", "-"): v for k, v in changes.items()})
         flat = config_from_args(self.overrides, base).to_flat()
         return {k: v for k, v in flat.items() if k not in SWEEP_KEYS}

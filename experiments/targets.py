@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from experiments.compare_defenses import ComparisonRun, comparison_of
+from experiments.plans import FollowUp, Plan
+from experiments.reference import reference
 from experiments.reports import (
     Curves,
     Panels,
-    Report,
     Row,
     bar_panels,
     curve_figure,
@@ -29,35 +30,11 @@ from experiments.scales import FMNIST, MNIST, Pair, Setup, defended
 from fl_backdoor.config import UserError
 from fl_backdoor.plots import plot_bars, plot_curves, plot_scatter
 from fl_backdoor.run_dir import atomic_write_text, read_csv, write_csv
-from fl_backdoor.sweeps import Experiment, Runner, SweepOutcome
+from fl_backdoor.sweeps import Experiment, SweepOutcome
 from fl_backdoor.tables import PHASE_TITLES, Column, markdown_columns
 from server_strategies.phases import MODES, defense_steps
-from server_strategies.simulation import run_simulation
 
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-@dataclass(frozen=True)
-class FollowUp:
-    """Experiments that need the first sweep's results (a trained model, a final mask).
-
-    ``build`` makes them from the first sweep's outcome (only those whose inputs exist);
-    they run as a second sweep into the same results directory, with their own runner.
-    """
-
-    build: Callable[[SweepOutcome], list[Experiment]]
-    runner: Runner = run_simulation
-
-
-@dataclass
-class Plan:
-    """A target: its experiments, the runner that runs them, what it writes from their results, and the
-    experiments that follow from their results, if any."""
-
-    experiments: list[Experiment]
-    report: Report
-    then: FollowUp | None = None
-    runner: Runner = run_simulation
 
 
 # --- Tables I-III: one row per pair ----------------------------------------------------------------------
@@ -690,5 +667,5 @@ TARGETS: dict[str, Callable[[Setup], Plan]] = {
     "table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5, "table6": table6,
     "table7": table7, "fig3": fig3, "fig5": fig5, "fig6": fig6, "fig7": fig7, "fig8": fig8, "fig9": fig9,
     "fig10": fig10, "adaptive": adaptive, "ablation": ablation, "robust": robust, "attacks": attacks,
-    "matrix": matrix,
+    "matrix": matrix, "reference": reference,
 }

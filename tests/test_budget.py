@@ -53,6 +53,31 @@ def two_class_net() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, x, y
 
 
+def test_a_centralized_defense_below_the_budget_hands_back_the_unchanged_model():
+    """The comparison's guard (experiments/compare_defenses.py): a defended model whose clean accuracy fell by more
+    than the budget is replaced by the input model in the table; what the method reached is recorded."""
+    import copy
+
+    from experiments.compare_defenses import Comparison
+
+    model, x, y = two_class_net()
+    comparison = Comparison.__new__(Comparison)
+    comparison.x, comparison.y, comparison.details = x, y, {"guard": {}}
+    comparison.budget = Budget(1.0, 0.05)
+    comparison.fresh = lambda: copy.deepcopy(model)
+    comparison.evaluate = lambda m: {"ta": float((m(x).argmax(1) == y).float().mean()), "aa": 0.25}
+    kept = comparison.guarded("Fine-tuning", copy.deepcopy(model), "", 1.0)
+    assert kept == {"defense": "Fine-tuning", "ta": 100.0, "aa": 25.0, "pruned": "", "seconds": 1.0}
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken[0].weight[0].zero_()  # class 0's channel: every image goes to class 1
+    assert comparison.guarded("ANP (threshold 0.2)", broken, 1, 2.0) == {
+        "defense": "ANP (threshold 0.2) (unchanged: guard)", "ta": 100.0, "aa": 25.0, "pruned": 0, "seconds": 2.0}
+    assert comparison.details["guard"] == {"ANP (threshold 0.2)": {
+        "clean_input": 1.0, "clean_output": 0.5, "budget": 0.05, "within": False,
+        "method": {"ta": 0.5, "aa": 0.25}}}
+
+
 def test_rnp_prunes_nothing_when_every_threshold_costs_more_than_the_budget():
     model, x, y = two_class_net()
     assert clean_accuracy(model, x, y, 100) == 1.0

@@ -45,7 +45,7 @@ def test_one_table_with_every_defense_and_the_federated_rows(run_dir: Path, tmp_
     out = tmp_path / "cmp"
     rows = main(["--checkpoint", str(run_dir / "checkpoints" / "trained.pt"), "--out", str(out), "--anp-curve",
                  "-c", "test-subset=300", *FAST])
-    names = [r["defense"] for r in rows]
+    names = [r["defense"].removesuffix(" (unchanged: guard)") for r in rows]
     assert names[:3] == ["Training (backdoored)", "Federated FP", "Federated All"]
     assert names[3:5] == ["ANP (threshold 0.2)", "ANP (clean drop <= 4 pts)"]
     assert names[5:8] == ["Centralized training, no defense (2 epochs)", "HaS-Net (centralized training)",
@@ -60,10 +60,15 @@ def test_one_table_with_every_defense_and_the_federated_rows(run_dir: Path, tmp_
 
     table = (out / "table.md").read_text()
     assert table.startswith("| Defense | TA | AA | Neurons pruned | Seconds |") and "| Fine-tuning |" in table
-    assert [r["defense"] for r in read_csv(out / "table.csv")] == names
+    assert [r["defense"] for r in read_csv(out / "table.csv")] == [r["defense"] for r in rows]
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"] == rows
     details = saved["details"]
+    guarded = {r["defense"].removesuffix(" (unchanged: guard)") for r in rows if r["defense"].endswith("guard)")}
+    assert set(details["guard"]) == guarded, "every guarded row says what the method reached"
+    for name in guarded:  # 2 HaS-Net iterations on 3% of the data: a worse model than the one it would replace
+        assert details["guard"][name]["clean_output"] < details["clean_accuracy"] - 0.05
+        assert next(r for r in rows if r["defense"].startswith(name))["ta"] == rows[0]["ta"]
     assert details["clean_samples"] == 600, "1% of the 60000 training images"
     assert sum(details["anp"]["neurons"].values()) == 4 + 8 + 8 + 128
     assert set(details["anp"]["rules"]) == {"threshold 0.2", "clean drop <= 4 pts"}

@@ -68,7 +68,8 @@ def test_table4_compares_on_every_trained_model_in_runs_of_their_own(tmp_path: P
 @pytest.mark.parametrize("scale", list(SCALES))
 def test_every_target_builds_at_every_scale_with_the_recorded_run_names(scale: str, data_dir: str) -> None:
     """Every run of every target (parents included) keeps its directory name: the names, as computed by the code
-    of 584e469 before the settings moved to their components, are pinned as a count and a hash per target."""
+    of 584e469 before the settings moved to their components (the reference target: its first version), are pinned
+    as a count and a hash per target."""
     recorded = json.loads((Path(__file__).parent / "fixtures" / "run_names.json").read_text())
     for target in TARGETS:
         experiments = plan(target, scale).experiments
@@ -241,3 +242,70 @@ def test_matrix_report_averages_each_defense_per_setting_from_its_last_step(tmp_
     assert (rows["training"]["Table II TA"], rows["training"]["Table II AA"]) == ("90.0", "95.0")
     assert rows["clp"]["Table II TA"] == "" and "Not finished" in (out / "table.md").read_text()
     assert len(read_csv(out / "cells.csv")) == 2 and (out / "scatter.png").is_file()
+
+
+def test_reference_trains_centralized_badnets_once_per_dataset_and_defends_it_on_two_clean_sets(tmp_path) -> None:
+    reference = plan("reference")
+    trainings = [e for e in reference.experiments if e.parent is None]
+    assert sorted(e.cfg.dataset for e in trainings) == ["cifar10", "fashion-mnist"]
+    for t in trainings:
+        cfg = t.cfg
+        assert (cfg.num_clients, cfg.attackers, cfg.attack_mode, cfg.attack_label) == (1, (0,), "all-to-one", 0)
+        assert cfg.poison_per_batch / cfg.batch_size == 0.1 and cfg.gamma == 1.0 and cfg.trigger == "pixel-9"
+        size = 28 if cfg.dataset == "fashion-mnist" else 32
+        assert cfg.trigger_origin == f"{size - 3},{size - 3}", "the patch fills the bottom-right corner"
+        assert cfg.model == {"fashion-mnist": "fmnist-cnn-bn", "cifar10": "resnet18-slim"}[cfg.dataset]
+        assert cfg.num_rounds == {"fashion-mnist": 15, "cifar10": 20}[cfg.dataset]
+    defenses = [e for e in reference.experiments if e.parent is not None]
+    assert sorted({e.cfg.defense for e in defenses}) == ["clp", "finetune-sam-server", "ibau-server", "rnp-server"]
+    assert sorted((parent(e).cfg.dataset, e.cfg.validation_fraction) for e in defenses) == sorted(
+        (d, f) for d in ("cifar10", "fashion-mnist") for f in (0.05, 0.01) for _ in range(4))
+    assert reference.then is not None and isinstance(reference.then.runner, ComparisonRun)
+    assert reference.then.runner.options.hasnet_baseline is False
+    assert reference.then.build(SweepOutcome(tmp_path)) == [], "a comparison waits for its trained model"
+    done = {trainings[0].name: tmp_path / trainings[0].name}
+    comparisons = reference.then.build(SweepOutcome(tmp_path, finished=done))
+    assert sorted(c.cfg.validation_fraction for c in comparisons) == [0.01, 0.05]
+    assert {parent(c).name for c in comparisons} == {trainings[0].name}
+    only = TARGETS["reference"](Setup("full", [], None, None, datasets=["fashion-mnist"])).experiments
+    assert {e.cfg.dataset for e in only} == {"fashion-mnist"} and len(only) == 1 + 8
+    with pytest.raises(UserError, match="--datasets: the reference target runs fashion-mnist, cifar10, not mnist"):
+        TARGETS["reference"](Setup("full", [], None, None, datasets=["mnist"]))
+
+
+def test_reference_report_puts_each_defense_beside_its_claim_and_the_bar(tmp_path) -> None:
+    from fl_backdoor.run_dir import read_csv, write_csv
+
+    target = TARGETS["reference"](Setup("tiny", [], None, None, datasets=["fashion-mnist"]))
+    training = next(e for e in target.experiments if e.parent is None)
+    comparison = next(c for c in target.then.build(SweepOutcome(tmp_path, finished={training.name: tmp_path}))
+                      if c.cfg.validation_fraction == 0.05) if target.then else None
+    assert comparison is not None
+    finished = {comparison.name: tmp_path / comparison.name}
+    finished[comparison.name].mkdir()
+    write_csv(finished[comparison.name] / "table.csv", [
+        {"defense": "Training (backdoored)", "ta": 90.0, "aa": 99.0, "pruned": "", "seconds": 60.0},
+        {"defense": "ANP (threshold 0.2)", "ta": 88.0, "aa": 2.0, "pruned": 5, "seconds": 30.0},
+        {"defense": "Fine-tuning (unchanged: guard)", "ta": 90.0, "aa": 99.0, "pruned": "", "seconds": 5.0}])
+    for e in target.experiments:
+        if e.parent is None or e.cfg.validation_fraction != 0.05:
+            continue
+        final = {"ta": 0.86, "aa": 0.01} if e.cfg.defense == "clp" else {
+            "ta": 0.9, "aa": 0.99, "guard": {"reverted": True}}
+        result = "clp" if e.cfg.defense == "clp" else e.cfg.defense
+        finished[e.name] = tmp_path / e.name
+        finished[e.name].mkdir()
+        (finished[e.name] / "results.json").write_text(json.dumps({
+            "phases": {"training": {"ta": 0.9, "aa": 0.99}, result: final},
+            "phase_seconds": {"train": 99.0, result: 4.0}}))
+    out = tmp_path / "reference"
+    target.report(SweepOutcome(tmp_path, finished=finished), out)
+    rows = {r["defense"]: r for r in read_csv(out / "table.csv")}
+    assert rows["ANP (threshold 0.2)"]["meets"] == "yes" and rows["ANP (threshold 0.2)"]["ta_drop"] == "2.0"
+    assert rows["ANP (threshold 0.2)"]["claim"].startswith("90.20 / 0.45 (ANP paper, Table 1")
+    assert rows["CLP"]["meets"] == "no", "ASR 1 but a TA drop of 4 points"
+    assert rows["I-BAU (unchanged: guard)"]["seconds"] == "4.0"
+    assert rows["Training"]["meets"] == "" and rows["Training"]["ta"] == "90.0"
+    text = (out / "table.md").read_text()
+    assert "| fashion-mnist | 5% | RNP (unchanged: guard) | 90.00 | 99.00 | 0.00 | 4 | no |" in text
+    assert "Not finished:" in text and "clean600" in text

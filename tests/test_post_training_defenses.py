@@ -183,7 +183,7 @@ def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     trained = run_simulation(ExperimentConfig.from_flat({**small, "run-name": "trained"}))
     runs = {}
     # I-BAU with a vanishing learning rate and no attacker: the clients' I-BAU rounds leave the model as it was
-    for defense, extra in (("clp,finetune-sam", {}), ("clp,finetune", {}),
+    for defense, extra in (("clp,finetune-sam", {}), ("clp,finetune", {}), ("finetune-sam-server", {}),
                            (IBAU_RNP, {"ibau-rounds": 2, "ibau-steps": 1, "ibau-lr": 1e-12, "num-attackers": 0})):
         cfg = ExperimentConfig.from_flat({**small, "defense": defense, "clp-u": 1.0, "num-rounds": 0, **extra,
                                           "init-checkpoint": str(trained / "checkpoints" / "trained.pt"),
@@ -206,13 +206,20 @@ def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
     assert all(torch.equal(after_clp[k], same_start[k]) for k in after_clp), "CLP is deterministic"
     assert any(not torch.equal(sam[k], plain[k]) for k in sam), "the clients took SAM steps"
 
+    server = json.loads((runs["finetune-sam-server"] / "results.json").read_text())["phases"]["finetune-sam-server"]
+    n = int(validation_set(cfg).y.shape[0])
+    assert (server["epochs"], server["steps"]) == (20, 20 * -(-n // 64)), "the centralized fine-tuning schedule"
+    moved = load_checkpoint(runs["finetune-sam-server"] / "checkpoints" / "finetune-sam-server.pt")["state_dict"]
+    start = load_checkpoint(trained / "checkpoints" / "trained.pt")["state_dict"]
+    assert max(float((moved[k] - start[k]).abs().max()) for k in start) > 1e-3, "the server took SAM steps"
+    assert [r["phase"] for r in read_csv(runs["finetune-sam-server"] / "metrics.csv")].count("finetune") == 0
+
     ibau = json.loads((runs[IBAU_RNP] / "results.json").read_text())["phases"]
     assert set(ibau) == {"training", "ibau-server", "rnp-server", "rnp", "ibau"}
     for rnp in ("rnp-server", "rnp"):
         assert 1 <= ibau[rnp]["unlearning_epochs"] <= 20 and 0.0 <= ibau[rnp]["mask_min"] <= 1.0
         assert ibau[rnp]["rnp_pruned"] == sum(map(len, ibau[rnp]["rnp_channels"].values()))
     assert ibau["rnp"]["clients"] == 4, "every client sent its masks"
-    start = load_checkpoint(trained / "checkpoints" / "trained.pt")["state_dict"]
     federated = load_checkpoint(runs[IBAU_RNP] / "checkpoints" / "rnp.pt")["state_dict"]
     for name in ("features.conv1", "features.conv2"):  # mnist-cnn: the kernel goes, the bias stays
         channels = ibau["rnp"]["rnp_channels"].get(name, [])
@@ -220,7 +227,6 @@ def test_clp_then_sam_fine_tuning_through_flower(data_dir, tmp_path):
         assert torch.all(federated[f"{name}.weight"][channels] == 0)
         assert torch.equal(federated[f"{name}.weight"][kept], start[f"{name}.weight"][kept])
         assert torch.equal(federated[f"{name}.bias"], start[f"{name}.bias"])
-    n = int(validation_set(cfg).y.shape[0])
     assert ibau["ibau-server"]["steps"] == 2 * -(-n // 256), "two rounds over the validation set in batches of 256"
     rows = read_csv(runs[IBAU_RNP] / "metrics.csv")
     assert [r["phase"] for r in rows].count("finetune") == 2 == ibau["ibau"]["rounds"]

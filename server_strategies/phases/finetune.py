@@ -1,7 +1,10 @@
 """Federated fine-tuning (Sec. IV-B): FedAvg rounds on the pruned model, mask enforced, attackers taking part.
 
 ``finetune-sam`` is the same phase with the honest clients' optimiser replaced by
-sharpness-aware minimization: FT-SAM (Zhu et al., ICCV 2023) run federated.  Each
+sharpness-aware minimization: FT-SAM (Zhu et al., ICCV 2023) run federated.
+``finetune-sam-server`` is FT-SAM as its paper runs it, on one clean set: the server's
+validation set, with the centralized fine-tuning baseline's optimiser
+(defenses/fine_tuning.py) taking SAM steps.  Each
 honest client takes SAM steps of radius ``sam-rho`` (adaptive SAM with ``sam-adaptive``,
 as FT-SAM does) on its own data; the server aggregates as in plain fine-tuning.  The
 round's train message names the training variant ``sharpness-aware`` (registered here,
@@ -13,13 +16,16 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import torch
+
 from clients.jobs import TRAINING, TrainingVariant
+from defenses.fine_tuning import FINE_TUNING
 from defenses.stop_rules import Patience
 from fl_backdoor import protocol
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.run_dir import load_checkpoint
 from fl_backdoor.settings import Rule, Setting
-from fl_backdoor.training import SGDSettings
+from fl_backdoor.training import SGDSettings, train
 
 from . import PHASES
 
@@ -60,6 +66,17 @@ def finetune(ctx: Cleansing, result: str) -> None:
 def finetune_sam(ctx: Cleansing, result: str) -> None:
     """Fine-tuning in which honest clients minimise sharpness-aware loss (FT-SAM, federated)."""
     fine_tune(ctx, result, sharpness_aware=True)
+
+
+@PHASES.register("finetune-sam-server", settings=(SAM_RHO, SAM_ADAPTIVE))
+def finetune_sam_server(ctx: Cleansing, result: str) -> None:
+    """FT-SAM on the server's validation set: the centralized fine-tuning settings with SAM steps."""
+    settings = replace(FINE_TUNING, sam_rho=SAM_RHO.of(ctx.cfg), sam_adaptive=SAM_ADAPTIVE.of(ctx.cfg))
+    generator = torch.Generator().manual_seed(ctx.cfg.seed)
+    stats = train(ctx.run.global_model.model, ctx.val_x, ctx.val_y, settings, generator)
+    ctx.finish(result, epochs=settings.epochs, steps=stats.num_steps, loss=stats.loss, lr=settings.lr,
+               note=f"FT-SAM on the server's {int(ctx.val_y.shape[0])} validation images: {settings.epochs} epochs, "
+                    f"{stats.num_steps} SAM steps of lr {settings.lr:g}")
 
 
 def fine_tune(ctx: Cleansing, result: str, sharpness_aware: bool) -> None:
