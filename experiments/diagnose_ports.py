@@ -39,19 +39,24 @@ from fl_backdoor.run_dir import write_json
 from fl_backdoor.training import accuracy, pick_device
 
 
+def prediction_shift(clean: torch.Tensor, moved: torch.Tensor, y: torch.Tensor, target: int) -> dict[str, float]:
+    """What a perturbation did to the predictions: the share it changed (``flip``), the share of images of other
+    labels than ``target`` it sends to ``target`` (``to_target``), and the label it sends most to, with its share."""
+    others = y != target
+    counts = torch.bincount(moved)
+    return {"flip": float((moved != clean).double().mean()),
+            "to_target": float((moved[others] == target).double().mean()) if bool(others.any()) else 0.0,
+            "top_label": int(counts.argmax()), "top_share": float(counts.max()) / len(moved)}
+
+
 def perturbation_effect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: IBAUSettings, target: int,
                         seed: int) -> dict[str, float]:
     """The universal perturbation I-BAU's next round would start from, and what it does to the clean set."""
     delta = universal_perturbation(model, x, settings, torch.Generator().manual_seed(seed))
     model.eval()
     with torch.no_grad():
-        clean = model(x).argmax(1)
-        moved = model(x + delta).argmax(1)
-    others = y != target
-    counts = torch.bincount(moved, minlength=int(y.max()) + 1)
-    return {"delta_l2": float(torch.linalg.vector_norm(delta)), "flip": float((moved != clean).float().mean()),
-            "to_target": float((moved[others] == target).float().mean()), "top_label": int(counts.argmax()),
-            "top_share": float(counts.max()) / len(moved)}
+        clean, moved = model(x).argmax(1), model(x + delta).argmax(1)
+    return {"delta_l2": float(torch.linalg.vector_norm(delta)), **prediction_shift(clean, moved, y, target)}
 
 
 def ibau_rows(fresh: Any, x: torch.Tensor, y: torch.Tensor, evaluate: Evaluator, lrs: list[float], rounds: int,
@@ -76,18 +81,18 @@ def ibau_rows(fresh: Any, x: torch.Tensor, y: torch.Tensor, evaluate: Evaluator,
     return rows
 
 
+def mask_summary(values: torch.Tensor) -> dict[str, Any]:
+    """Quantiles (0, 10, 50, 90, 100%) of mask values, and how many are 0, below 0.2 and 1."""
+    q = torch.quantile(values.float(), torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]))
+    return {"count": int(values.numel()), "quantiles_0_10_50_90_100": [round(float(v), 3) for v in q],
+            "zero": int((values == 0).sum()), "below_0.2": int((values < 0.2).sum()), "one": int((values == 1).sum())}
+
+
 def anp_summary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str, Any]:
-    """Quantiles and counts of ANP's optimised masks, per layer and in all."""
+    """ANP's optimised masks, per layer and in all (``mask_summary``)."""
     _, masks = anp_masks(model, x, y, ANPSettings(), torch.Generator().manual_seed(seed))
-
-    def describe(values: torch.Tensor) -> dict[str, Any]:
-        q = torch.quantile(values, torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]))
-        return {"count": int(values.numel()), "quantiles_0_10_50_90_100": [round(float(v), 3) for v in q],
-                "zero": int((values == 0).sum()), "below_0.2": int((values < 0.2).sum()),
-                "one": int((values == 1).sum())}
-
-    return {"all": describe(torch.cat([m.flatten() for m in masks.values()])),
-            **{layer: describe(m.flatten()) for layer, m in masks.items()}}
+    return {"all": mask_summary(torch.cat([m.flatten() for m in masks.values()])),
+            **{layer: mask_summary(m.flatten()) for layer, m in masks.items()}}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,3 +246,25 @@ def test_ibau_takes_at_least_the_reference_steps_on_a_small_clean_set():
     assert rounds_for(cfg, 2500) == 5, "BackdoorBench's own 5% of CIFAR-10: its 5 rounds of 10 batches"
     assert rounds_for(cfg, 5400) == 5
     assert rounds_for(cfg.replace(ibau_steps=0), 600) == 5
+
+
+def test_the_port_diagnostics_count_exactly():
+    from experiments.diagnose_ports import mask_summary, prediction_shift
+
+    clean, moved = torch.tensor([1, 2, 3, 0, 1]), torch.tensor([1, 4, 4, 4, 0])
+    assert prediction_shift(clean, moved, torch.tensor([1, 2, 3, 0, 4]), target=0) == {
+        "flip": 0.8, "to_target": 0.25, "top_label": 4, "top_share": 0.6}
+    assert mask_summary(torch.tensor([0.0, 0.1, 0.5, 1.0, 1.0])) == {
+        "count": 5, "quantiles_0_10_50_90_100": [0.0, 0.04, 0.5, 1.0, 1.0], "zero": 1, "below_0.2": 2, "one": 2}
+
+
+def test_the_port_diagnostics_refuse_bad_input_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    for args, line in ((["--checkpoint", str(tmp_path / "none.pt")], f"--checkpoint: no file {tmp_path / 'none.pt'}"),
+                       (["--checkpoint", __file__, "--lr", "fast"],
+                        "--lr: 'fast' is not a comma-separated list of numbers")):
+        done = subprocess.run([sys.executable, "experiments/diagnose_ports.py", "ibau", *args], capture_output=True,
+                              text=True, cwd=Path(__file__).resolve().parent.parent)
+        assert done.returncode == 2 and done.stderr.strip().splitlines() == [f"error: {line}"], done.stderr
