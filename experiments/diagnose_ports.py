@@ -10,8 +10,9 @@ other labels: the perturbation acting as a trigger) and to which label it sends 
 (``top_label``, ``top_share``), the clean accuracy, and TA/ASR on the
 test set (reported only; nothing here decides on them).  One row per round and lr.
 
-``anp``: ANP's mask values after the optimisation: quantiles, how many are at 0, below 0.2
-and at 1, per layer.
+``anp``: ANP's mask values after the optimisation (quantiles, how many are at 0, below 0.2
+and at 1, per layer) with batch norm in eval mode (this port) or train mode (the reference
+codes), and what the threshold and clean-drop rules prune from them.
 
 The clean set is the run's validation split (``-c validation-fraction=...`` changes it).
 Rows print as they come and go to ``--out`` as JSON.
@@ -28,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from defenses.anp import ANPSettings, anp_masks
+from defenses.anp import ANPSettings, PruningRule, anp_masks, anp_prune
+from defenses.fine_pruning import MAX_DROP
 from defenses.ibau import IBAUSettings, ibau_unlearn, universal_perturbation
 from experiments.compare_defenses import load_backdoored, model_factory
 from fl_backdoor.cli import add_config_arguments, run_cli
@@ -88,11 +90,24 @@ def mask_summary(values: torch.Tensor) -> dict[str, Any]:
             "zero": int((values == 0).sum()), "below_0.2": int((values < 0.2).sum()), "one": int((values == 1).sum())}
 
 
-def anp_summary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str, Any]:
-    """ANP's optimised masks, per layer and in all (``mask_summary``)."""
-    _, masks = anp_masks(model, x, y, ANPSettings(), torch.Generator().manual_seed(seed))
-    return {"all": mask_summary(torch.cat([m.flatten() for m in masks.values()])),
-            **{layer: mask_summary(m.flatten()) for layer, m in masks.items()}}
+def anp_rows(fresh: Any, x: torch.Tensor, y: torch.Tensor, evaluate: Evaluator, modes: list[str], seed: int
+             ) -> list[dict[str, Any]]:
+    """Per batch-norm mode: ANP's optimised masks (``mask_summary``, in all and per layer) and what the paper's
+    threshold rule and the clean-drop rule prune, with clean accuracy, TA and ASR after each."""
+    rows = []
+    for mode in modes:
+        started = time.perf_counter()
+        units, masks = anp_masks(fresh(), x, y, ANPSettings(batch_norm=mode), torch.Generator().manual_seed(seed))
+        row: dict[str, Any] = {"batch_norm": mode, "seconds": round(time.perf_counter() - started, 1),
+                               "masks": {"all": mask_summary(torch.cat([m.flatten() for m in masks.values()])),
+                                         **{layer: mask_summary(m.flatten()) for layer, m in masks.items()}}}
+        for rule in (PruningRule(), PruningRule("max-drop", MAX_DROP)):
+            model = fresh()
+            result = anp_prune(model, units, masks, rule, x, y)
+            row[rule.describe()] = {"pruned": result.count, "clean": accuracy(model, x, y), **evaluate(model)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -104,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=5, help="ibau: I-BAU rounds per lr")
     parser.add_argument("--norm", type=float, default=IBAUSettings.norm,
                         help="ibau: L2 bound of the perturbation (a large value: the reference's unbounded one)")
+    parser.add_argument("--bn-mode", default="eval", help="anp: comma-separated batch-norm modes, eval and/or train")
     parser.add_argument("--out", default="", help="JSON file for the rows")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
@@ -126,8 +142,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = {"rows": ibau_rows(fresh, x, y, Evaluator(cfg, test_set(cfg), device), lrs,
                                                     args.rounds, args.norm, cfg.attack_label, cfg.seed)}
     else:
-        result = anp_summary(fresh(), x, y, cfg.seed)
-        print(json.dumps(result, indent=1), flush=True)
+        modes = args.bn_mode.split(",")
+        if not set(modes) <= {"eval", "train"}:
+            raise UserError(f"--bn-mode: '{args.bn_mode}' is not a comma-separated subset of eval, train")
+        result = {"rows": anp_rows(fresh, x, y, Evaluator(cfg, test_set(cfg), device), modes, cfg.seed)}
     result = {"checkpoint": str(path), "clean_images": len(clean), "config": args.config, **result}
     if args.out:
         write_json(Path(args.out), result)

@@ -1,5 +1,7 @@
 """ANP: the perturbation box, the mask box, which parameters stand for a neuron, and pruning."""
 
+import copy
+
 import pytest
 import torch
 
@@ -182,3 +184,30 @@ def test_the_max_drop_search_tries_at_most_129_counts_on_a_wide_layer():
     selected = PruningRule("max-drop", 1.0).select(net, units, masks, x, y)["0"]  # accuracy can never fall 100 points
     assert len(calls) == 1 + 129  # the unpruned base, then the grid 0, 8, 16, 23, ..., 999
     assert int(selected.sum()) == 999 and not bool(selected[-1]), "the largest grid count, the biggest mask kept"
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_batch_norm_normalises_with_the_batch_as_the_references_run_it_and_dropout_stays_off(mode):
+    """ANP's loss is the network's with batch norm on the batch's own statistics (train, the default: the
+    reference codes' mode) or on its running ones (eval); dropout stays off either way, and the caller's running
+    statistics do not move."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
+                          nn.Linear(3 * 4 * 4, 4))
+    x, y = torch.randn(8, 1, 6, 6) * 3 + 1, torch.tensor([0, 1, 2, 3] * 2)
+    assert ANPSettings().batch_norm == "train"
+    anp = AdversarialNeuronPruning(model, neuron_units(model, x), ANPSettings(batch_norm=mode))
+    masks = {u.layer: torch.ones(u.size) for u in anp.units}
+    reference = copy.deepcopy(model).eval()
+    reference[1].train(mode == "train")
+    with torch.no_grad():
+        expected = F.cross_entropy(reference(x), y)
+        assert torch.allclose(anp._loss(x, y, masks, None), expected, atol=1e-6)
+        assert not torch.allclose(expected, F.cross_entropy(copy.deepcopy(model).eval()(x), y)) or mode == "eval"
+    assert not anp.model[4].training and anp.model[1].training == (mode == "train")
+    assert torch.equal(model[1].running_mean, torch.zeros(3)), "the caller's statistics stay"
+    with pytest.raises(ValueError, match="batch_norm: 'eval' or 'train', not 'both'"):
+        ANPSettings(batch_norm="both")
