@@ -38,8 +38,8 @@ MODELS: dict[str, dict[str, Any]] = {
     "cifar10": {"model": "resnet18-slim", "trigger-origin": "29,29"},
 }
 # Fashion-MNIST: 15 epochs reach 91% clean accuracy at 100% ASR (about 20 s an epoch on 2 cores).  CIFAR-10: 20
-# epochs, where a ResNet-18 without augmentation stops gaining clean accuracy; one epoch is 475 batches of 100 at
-# about 1.2 s each on one core here, so 20 epochs take about 3 hours (docs/results/reference.md)
+# epochs, a guess not yet run: one epoch is 475 batches of 100 at about 1.2 s each on one core here, so 20 epochs
+# take about 3 hours (docs/results/reference.md)
 EPOCHS = {"full": {"fashion-mnist": 15, "cifar10": 20}, "small": {"fashion-mnist": 5, "cifar10": 5},
           "tiny": {"fashion-mnist": 1, "cifar10": 1}}
 # BadNets as BackdoorBench trains it: SGD lr 0.01, momentum 0.9, weight decay 5e-4; batches of 100 with 10 poisoned
