@@ -99,9 +99,9 @@ def reference(setup: Setup) -> Plan:
                 continue
             before = found[0]
             for r in found:
-                drop = before["ta"] - r["ta"]
+                drop = round(before["ta"] - r["ta"], 2) + 0.0  # +0.0: no "-0.00"
                 meets = clean == "5%" and r["defense"] != "Training" and r["aa"] <= MAX_ASR and drop <= MAX_DROP
-                rows.append({"dataset": dataset, "clean": clean, **r, "ta_drop": drop + 0.0,
+                rows.append({"dataset": dataset, "clean": clean, **r, "ta_drop": drop,
                              "meets": "yes" if meets else ("no" if clean == "5%" and r["defense"] != "Training"
                                                            else ""),
                              "claim": CLAIMS.get(r["defense"].split(" (")[0], "")})
