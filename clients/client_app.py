@@ -58,7 +58,7 @@ def train(msg: Message, context: Context) -> Message:
     memory = context.state.array_records[key].to_torch_state_dict() if key in context.state.array_records else {}
     result = run_local_job(req.cfg, req.client_id, req.state, req.server_round,
                            str(req.config.get("phase", "train")), req.mask, memory,
-                           training=str(req.config.get(protocol.TRAINING, "")))
+                           training=str(req.config.get(protocol.TRAINING, "")), entries=req.config)
     if memory:
         context.state[key] = ArrayRecord(memory)
     return reply(msg, {"num-examples": result.stats.num_examples, "train-loss": result.stats.loss}, result.state)

@@ -16,7 +16,7 @@ here, so it never names a defense.  Every reply passes the client's behaviours
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from fl_backdoor import protocol
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.masks import NeuronMask
 from fl_backdoor.registry import Registry
-from fl_backdoor.training import SGDSettings, TrainStats
+from fl_backdoor.training import BatchTransform, SGDSettings, TrainStats
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,15 @@ def answer(req: Request) -> dict[str, Any]:
 
 
 class TrainingVariant:
-    """How honest clients train in a phase's rounds; the defaults are plain local SGD."""
+    """How honest clients train in a phase's rounds; the defaults are plain local SGD.  ``entries`` are the train
+    message's config entries (what the phase sent with the model, e.g. a reversed trigger)."""
+
+    def __init__(self, entries: Mapping[str, Any] | None = None) -> None:
+        self.entries: Mapping[str, Any] = entries or {}
+
+    def transform(self, cfg: ExperimentConfig, x: torch.Tensor) -> BatchTransform | None:
+        """A change applied to every training batch of the job (an attacker's behaviours may still replace it)."""
+        return None
 
     def settings(self, cfg: ExperimentConfig, settings: SGDSettings) -> SGDSettings:
         """The optimiser of the job (an attacker's behaviours may still replace it)."""

@@ -6,7 +6,9 @@ behaviours (clients/behaviours), called through their hooks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,11 +46,13 @@ def job_generator(cfg: ExperimentConfig, client_id: int, server_round: int, phas
 
 def run_local_job(cfg: ExperimentConfig, client_id: int, global_state: dict[str, torch.Tensor],
                   server_round: int, phase: str = "train", mask: NeuronMask | None = None,
-                  memory: dict[str, torch.Tensor] | None = None, training: str = "") -> LocalResult:
+                  memory: dict[str, torch.Tensor] | None = None, training: str = "",
+                  entries: Mapping[str, Any] | None = None) -> LocalResult:
     """Train the global model on this client's data; the client's behaviours shape data, training and reply.
 
     ``memory`` is the client's store across jobs, changed in place by behaviours that keep one;
-    ``training`` names a phase's training variant (clients/jobs.py; empty = plain SGD).
+    ``training`` names a phase's training variant (clients/jobs.py; empty = plain SGD), which reads the train
+    message's ``entries``.
     """
     conduct = conduct_of(cfg, client_id)
     job = conduct.job(cfg, client_id, server_round, phase, memory)
@@ -57,13 +61,13 @@ def run_local_job(cfg: ExperimentConfig, client_id: int, global_state: dict[str,
     model = client_model(cfg, global_state, mask)
     x, y = client_data(cfg, client_id, device)
     generator = job_generator(cfg, client_id, server_round, phase)
-    variant = TRAINING[training]() if training else TrainingVariant()
+    variant = TRAINING[training](entries) if training else TrainingVariant()
     own = None if job.attacking else variant.honest_training(cfg, model, x, y, generator)
     if own is not None:
         stats = own
     else:
-        plan = conduct.training(job, TrainingPlan(x, y, variant.settings(cfg, benign_settings(cfg, server_round))),
-                                model, mask)
+        plan = conduct.training(job, TrainingPlan(x, y, variant.settings(cfg, benign_settings(cfg, server_round)),
+                                                  transform=variant.transform(cfg, x)), model, mask)
         extra = l2_on_layer(str(model.last_conv), cfg.last_conv_l2) if cfg.last_conv_l2 > 0 else None
         stats = train(model, plan.x, plan.y, plan.settings, generator, batch_transform=plan.transform,
                       extra_loss=extra, after_step=plan.after_step)

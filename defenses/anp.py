@@ -33,7 +33,8 @@ a class rather than a feature.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -221,16 +222,38 @@ def prune_by_threshold(masks: dict[str, torch.Tensor], threshold: float) -> dict
     return {k: m <= threshold for k, m in masks.items()}
 
 
-def prune_smallest(masks: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
-    """Neurons to prune: the ``count`` smallest masks over all layers (ties: earlier layer and index first)."""
-    flat = torch.cat([m.flatten().cpu() for m in masks.values()])
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-    chosen[torch.sort(flat, stable=True).indices[:count]] = True
+def flatten_masks(masks: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Every neuron's mask in one vector, layer after layer in the masks' order (on the CPU)."""
+    return torch.cat([m.detach().flatten().cpu() for m in masks.values()])
+
+
+def split_masks(units: list[NeuronUnit], flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Inverse of flatten_masks for the masks of ``units``."""
+    sizes = [u.size for u in units]
+    if flat.numel() != sum(sizes):
+        raise ValueError(f"{flat.numel()} mask values for {sum(sizes)} neurons")
+    return {u.layer: part.clone() for u, part in zip(units, torch.split(flat, sizes), strict=True)}
+
+
+def smallest_first(masks: dict[str, torch.Tensor]) -> list[int]:
+    """Every neuron's index in flatten_masks's order, smallest mask first (ties: earlier layer and index first)."""
+    return [int(i) for i in torch.sort(flatten_masks(masks), stable=True).indices]
+
+
+def prune_first(masks: dict[str, torch.Tensor], order: Sequence[int], count: int) -> dict[str, torch.Tensor]:
+    """Neurons to prune: the first ``count`` of ``order`` (indices in flatten_masks's order of ``masks``)."""
+    chosen = torch.zeros(sum(m.numel() for m in masks.values()), dtype=torch.bool)
+    chosen[list(order[:count])] = True
     out, start = {}, 0
     for k, m in masks.items():
         out[k] = chosen[start:start + m.numel()].to(m.device)
         start += m.numel()
     return out
+
+
+def prune_smallest(masks: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+    """Neurons to prune: the ``count`` smallest masks over all layers (ties: earlier layer and index first)."""
+    return prune_first(masks, smallest_first(masks), count)
 
 
 def prune_by_fraction(masks: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
@@ -250,6 +273,19 @@ def apply_pruning(model: nn.Module, units: list[NeuronUnit], pruned: dict[str, t
     return total
 
 
+@contextmanager
+def neurons_pruned(model: nn.Module, units: list[NeuronUnit], pruned: dict[str, torch.Tensor]) -> Iterator[int]:
+    """``model`` with ``pruned`` applied (apply_pruning) for the duration; yields the count, then restores it."""
+    params = dict(model.named_parameters())
+    saved = {u.weight: params[u.weight].detach().clone() for u in units}
+    try:
+        yield apply_pruning(model, units, pruned)
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+
+
 def prune_within_drop(model: nn.Module, units: list[NeuronUnit], masks: dict[str, torch.Tensor],
                       x: torch.Tensor, y: torch.Tensor, max_drop: float) -> dict[str, torch.Tensor]:
     """Neurons to prune: the most smallest-mask neurons whose pruning keeps clean accuracy on (x, y)
@@ -259,22 +295,12 @@ def prune_within_drop(model: nn.Module, units: list[NeuronUnit], masks: dict[str
     This picks the cut from clean data alone, like Fine-Pruning's stop rule; ``model`` is
     restored before returning.
     """
-    params = dict(model.named_parameters())
-    saved = {u.weight: params[u.weight].detach().clone() for u in units}
-
-    def restore() -> None:
-        with torch.no_grad():
-            for name, value in saved.items():
-                params[name].copy_(value)
-
     def accuracy_with(count: int) -> float:
-        restore()
-        apply_pruning(model, units, prune_smallest(masks, count))
-        return accuracy(model, x, y)
+        with neurons_pruned(model, units, prune_smallest(masks, count)):
+            return accuracy(model, x, y)
 
     base = accuracy_with(0)
     chosen = last_passing(pruning_levels(sum(u.size for u in units) - 1), accuracy_with, base - max_drop)[0]
-    restore()
     return prune_smallest(masks, chosen or 0)
 
 
@@ -334,3 +360,15 @@ def anp_prune(model: nn.Module, units: list[NeuronUnit], masks: dict[str, torch.
     """Prune ``model`` in place by ``rule`` from the masks (which may come from another copy of it)."""
     pruned = rule.select(model, units, masks, x, y)
     return ANPResult(pruned, apply_pruning(model, units, pruned))
+
+
+def anp_accuracies(model: nn.Module, units: list[NeuronUnit], order: Sequence[int], counts: Sequence[int],
+                   measure: Callable[[nn.Module], float]) -> list[float]:
+    """``measure`` of ``model`` with the first ``count`` neurons of ``order`` pruned, for every count (the model is
+    restored after each)."""
+    shapes = {u.layer: torch.zeros(u.size, dtype=torch.bool) for u in units}
+    out = []
+    for count in counts:
+        with neurons_pruned(model, units, prune_first(shapes, order, count)):
+            out.append(measure(model))
+    return out

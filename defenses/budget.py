@@ -30,7 +30,7 @@ class Budget:
 
     def allows(self, accuracy: float) -> bool:
         """Whether a model of this clean accuracy may be handed back."""
-        return accuracy >= self.floor - 1e-9
+        return bool(accuracy >= self.floor - 1e-9)
 
     def record(self, accuracy: float, **more: Any) -> dict[str, Any]:
         """What results.json says about the budget: the accuracies compared and the verdict."""

@@ -19,7 +19,7 @@ cannot do, so here the lr is fixed in advance.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,17 +46,18 @@ class NCSettings:
 
 @dataclass
 class ReversedTriggers:
-    """One reversed trigger per class."""
+    """One reversed trigger per label of ``labels`` (every class unless a subset was asked for)."""
 
-    masks: torch.Tensor      # (K, 1, H, W) in [0, 1]
-    patterns: torch.Tensor   # (K, C, H, W) in [0, 1]
-    norms: np.ndarray        # (K,) L1 norm of each mask
-    success: np.ndarray      # (K,) share of clean images of other classes sent to k
+    masks: torch.Tensor      # (L, 1, H, W) in [0, 1]
+    patterns: torch.Tensor   # (L, C, H, W) in [0, 1]
+    norms: np.ndarray        # (L,) L1 norm of each mask
+    success: np.ndarray      # (L,) share of clean images of other classes sent to the label
+    labels: list[int]        # the label of each trigger
 
     def stamp(self, label: int, images: torch.Tensor) -> torch.Tensor:
         """Images carrying class ``label``'s reversed trigger."""
-        mask = self.masks[label]
-        return (1 - mask) * images + mask * self.patterns[label]
+        i = self.labels.index(label)
+        return (1 - self.masks[i]) * images + self.masks[i] * self.patterns[i]
 
 
 def _mask_and_pattern(mask_logit: torch.Tensor, pattern_logit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,10 +66,13 @@ def _mask_and_pattern(mask_logit: torch.Tensor, pattern_logit: torch.Tensor) -> 
 
 def reverse_triggers(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, settings: NCSettings,
                      generator: torch.Generator, progress: Callable[[int, float], None] | None = None,
-                     every: int = 200) -> ReversedTriggers:
-    """Optimise a (mask, pattern) for every class on clean images x; the model is not changed."""
+                     every: int = 200, labels: Sequence[int] | None = None) -> ReversedTriggers:
+    """Optimise a (mask, pattern) for every class (or every label of ``labels``) on clean images x; the model is
+    not changed."""
     model.eval()
-    k, (channels, height, width) = num_classes, x.shape[1:]
+    chosen = list(range(num_classes)) if labels is None else [int(label) for label in labels]
+    k, (channels, height, width) = len(chosen), x.shape[1:]
+    target = torch.tensor(chosen, device=x.device)
     mask_logit = torch.zeros(k, 1, height, width, device=x.device, requires_grad=True)
     pattern_logit = torch.zeros(k, channels, height, width, device=x.device, requires_grad=True)
     optimiser = torch.optim.Adam([mask_logit, pattern_logit], lr=settings.lr, betas=(0.5, 0.9))
@@ -81,7 +85,7 @@ def reverse_triggers(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_cla
         start += settings.batch_size
         mask, pattern = _mask_and_pattern(mask_logit, pattern_logit)
         stamped = (1 - mask[:, None]) * xb[None] + (mask * pattern)[:, None]  # (K, B, C, H, W)
-        targets = torch.arange(k, device=x.device).repeat_interleave(xb.shape[0])
+        targets = target.repeat_interleave(xb.shape[0])
         ce = F.cross_entropy(model(stamped.flatten(0, 1)), targets, reduction="none").view(k, -1).mean(1)
         loss = (ce + settings.l1 * mask.flatten(1).sum(1)).sum()
         grads = torch.autograd.grad(loss, [mask_logit, pattern_logit])
@@ -92,12 +96,12 @@ def reverse_triggers(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_cla
     with torch.no_grad():
         mask, pattern = _mask_and_pattern(mask_logit, pattern_logit)
         triggers = ReversedTriggers(mask.detach(), pattern.detach(), mask.flatten(1).sum(1).cpu().numpy(),
-                                    np.zeros(k))
-        for label in range(k):
+                                    np.zeros(k), chosen)
+        for i, label in enumerate(chosen):
             others = x[y != label]
-            hits = sum(int((model(triggers.stamp(label, others[i:i + 1000])).argmax(1) == label).sum())
-                       for i in range(0, others.shape[0], 1000))
-            triggers.success[label] = hits / max(others.shape[0], 1)
+            hits = sum(int((model(triggers.stamp(label, others[j:j + 1000])).argmax(1) == label).sum())
+                       for j in range(0, others.shape[0], 1000))
+            triggers.success[i] = hits / max(others.shape[0], 1)
     return triggers
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -366,7 +367,12 @@ class Comparison:
         self.details["guard"][name] = self.budget.record(clean, method=self.evaluate(model))
         _say(f"  {name}: clean accuracy {clean:.4f} is below the budget's floor {self.budget.floor:.4f}: "
              f"the model is handed back unchanged")
-        return row(f"{name} (unchanged: guard)", self.evaluate(self.fresh()), 0 if pruned != "" else "", seconds)
+        return row(f"{name} (unchanged: guard)", self.unchanged, 0 if pruned != "" else "", seconds)
+
+    @functools.cached_property
+    def unchanged(self) -> dict[str, float]:
+        """The input model's evaluation: every guarded row's, computed once."""
+        return self.evaluate(self.fresh())
 
     def generator(self) -> torch.Generator:
         """A fresh generator seeded from the config, so every defense sees the same randomness."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from experiments.reports import Report
@@ -31,3 +31,10 @@ class Plan:
     report: Report
     then: FollowUp | None = None
     runner: Runner = run_simulation
+
+
+def once_trained(runs: Sequence[Experiment]) -> Callable[[SweepOutcome], list[Experiment]]:
+    """A FollowUp's build: those of ``runs`` whose parent (the trained model) has finished."""
+    def ready(outcome: SweepOutcome) -> list[Experiment]:
+        return [r for r in runs if r.parent is not None and outcome.run_dir(r.parent) is not None]
+    return ready

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments.compare_defenses import ComparisonRun, comparison_of
-from experiments.plans import FollowUp, Plan
-from experiments.reports import Row
+from experiments.plans import FollowUp, Plan, once_trained
+from experiments.reports import Row, defense_seconds
 from experiments.scales import Setup
 from fl_backdoor.config import UserError
 from fl_backdoor.run_dir import atomic_write_text, read_csv, write_csv
@@ -86,10 +86,6 @@ def reference(setup: Setup) -> Plan:
             cells[(dataset, clean)] = runs
     comparisons = [runs["compare"] for runs in cells.values()]
 
-    def ready(outcome: SweepOutcome) -> list[Experiment]:
-        """The comparisons whose trained model exists."""
-        return [c for c in comparisons if c.parent is not None and outcome.run_dir(c.parent) is not None]
-
     def report(outcome: SweepOutcome, out: Path) -> None:
         rows: list[Row] = []
         missing: list[str] = []
@@ -110,7 +106,7 @@ def reference(setup: Setup) -> Plan:
         atomic_write_text(out / "table.md", markdown(rows, missing))
 
     return Plan(list(trainings.values()) + [r for runs in cells.values() for k, r in runs.items() if k != "compare"],
-                report, then=FollowUp(ready, ComparisonRun(options)))
+                report, then=FollowUp(once_trained(comparisons), ComparisonRun(options)))
 
 
 def markdown(rows: list[Row], missing: list[str]) -> str:
@@ -156,7 +152,7 @@ def _cell_rows(outcome: SweepOutcome, runs: dict[str, Experiment], missing: list
         if not any(r["defense"] == "Training" for r in rows):
             rows.insert(0, {"defense": "Training", "ta": 100.0 * phases["training"]["ta"],
                             "aa": 100.0 * phases["training"]["aa"], "seconds": None})
-        seconds = sum(float(v) for k, v in results["phase_seconds"].items() if k not in ("train", "curves", "guard"))
+        seconds = defense_seconds(results)
         note = (" (unchanged: guard)" if final.get("guard", {}).get("reverted") else
                 " (unchanged)" if final.get("unchanged") else "")
         rows.append({"defense": name + note, "ta": 100.0 * final["ta"], "aa": 100.0 * final["aa"],

@@ -20,6 +20,11 @@ Panels = dict[str, dict[str, Sequence[float | None]]]  # panel -> series -> a ba
 
 
 # --- reading finished runs --------------------------------------------------------------------------------
+def defense_seconds(results: Mapping[str, Any]) -> float:
+    """Seconds of a run's defense: every phase's but the training's and the report-only curves'."""
+    return sum(float(v) for k, v in results["phase_seconds"].items() if k not in ("train", "curves"))
+
+
 def row_of(outcome: SweepOutcome, exp: Experiment) -> Row | None:
     """The paper-layout row of a finished run (results.json), with the run's name."""
     results = outcome.results(exp)

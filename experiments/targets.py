@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.compare_defenses import ComparisonRun, comparison_of
-from experiments.plans import FollowUp, Plan
+from experiments.plans import FollowUp, Plan, once_trained
 from experiments.reference import reference
 from experiments.reports import (
     Curves,
@@ -17,6 +17,7 @@ from experiments.reports import (
     bar_panels,
     curve_figure,
     curves_per_round,
+    defense_seconds,
     delta_curves,
     finished_curves,
     mean,
@@ -75,10 +76,6 @@ def table4(setup: Setup) -> Plan:
              for dataset, runs in trainings.items()}
     comparisons = [c for pairs in cases.values() for _, c in pairs]
 
-    def ready(outcome: SweepOutcome) -> list[Experiment]:
-        """The comparisons whose trained model exists."""
-        return [c for c in comparisons if c.parent is not None and outcome.run_dir(c.parent) is not None]
-
     def report(outcome: SweepOutcome, out: Path) -> None:
         long_rows: list[Row] = []
         missing: list[str] = []
@@ -119,7 +116,7 @@ def table4(setup: Setup) -> Plan:
             plot_bars(out / "table.png", [r["dataset"] for r in rows], bar_panels(rows, {d: d for d in defenses}),
                       "Table IV")
     return Plan([run for pairs in cases.values() for run, _ in pairs], report,
-                then=FollowUp(ready, ComparisonRun(scale.compare)))
+                then=FollowUp(once_trained(comparisons), ComparisonRun(scale.compare)))
 
 
 # --- Tables V-VII ----------------------------------------------------------------------------------------
@@ -494,7 +491,14 @@ def attacks(setup: Setup) -> Plan:
 MATRIX_DEFENSES = {"all": "all", "all-sam": "prune,aw?,finetune-sam,aw", "finetune": "finetune",
                    "finetune-sam": "finetune-sam", "clp": "clp", "clp-finetune": "clp,finetune",
                    "ibau-server": "ibau-server", "ibau": "ibau", "prune-ibau-aw": "prune,ibau,aw",
-                   "rnp-server": "rnp-server", "rnp": "rnp"}
+                   "rnp-server": "rnp-server", "rnp": "rnp", "anp-server": "anp-server", "anp": "anp",
+                   "anp-liar": "anp", "trigger-inversion": "trigger-inversion",
+                   "inversion-liar": "trigger-inversion"}
+# rows whose defense runs against attackers who lie in its queries (issue 41): the same trained models
+MATRIX_LIARS = {"anp-liar": "anp-aware", "inversion-liar": "inversion-aware"}
+
+
+FMNIST_BN = "fmnist-cnn-bn"  # FashionCNN with batch norm after each layer but the last
 
 
 def matrix(setup: Setup) -> Plan:
@@ -508,11 +512,15 @@ def matrix(setup: Setup) -> Plan:
         return Experiment(run.label.replace("-train", f"-{label}-train"), run.config, parent=run.parent)
 
     f3, m3 = setup.scale.fmnist_pairs[:3], setup.scale.mnist_pairs[:3]
+    pixel9x3 = {"trigger": "pixel-9", "num_attackers": 3}
     settings: dict[str, list[Experiment]] = {
         "Table II": [fmnist(v, a) for v, a in f3],
+        # the same federations with batch norm (issue 40, part 5), beside the rows without it
+        "Table II, BN": [renamed("bn", fmnist(v, a, model=FMNIST_BN)) for v, a in f3],
         "Table I": [setup.training(MNIST, victim_label=v, attack_label=a) for v, a in m3],
-        "9 pixels, 3 attackers": [renamed("pixel9x3", fmnist(v, a, trigger="pixel-9", num_attackers=3))
-                                  for v, a in f3],
+        "9 pixels, 3 attackers": [renamed("pixel9x3", fmnist(v, a, **pixel9x3)) for v, a in f3],
+        "9 pixels, 3 attackers, BN": [renamed("pixel9x3-bn", fmnist(v, a, model=FMNIST_BN, **pixel9x3))
+                                      for v, a in f3],
         "DBA on MNIST": [renamed("dba", setup.training(MNIST, victim_label=v, attack_label=a, trigger="dba",
                                                        num_attackers=4)) for v, a in m3],
         **{kind: [fmnist(v, a, adaptive_attack=kind) for v, a in f3] for kind in ("pruning-aware", "aw-aware")},
@@ -522,7 +530,9 @@ def matrix(setup: Setup) -> Plan:
     chosen = {name: defense for name, defense in MATRIX_DEFENSES.items()
               if setup.defenses is None or name in setup.defenses}
     cells = {(name, setting, i): (defended(training, "all") if defense == "all" else
-                                  training.child(training.label.replace("-train", f"-{name}"), defense=defense))
+                                  training.child(training.label.replace("-train", f"-{name}"), defense=defense,
+                                                 **({"adaptive_attack": MATRIX_LIARS[name]}
+                                                    if name in MATRIX_LIARS else {})))
              for setting, trainings in settings.items() for i, training in enumerate(trainings)
              for name, defense in chosen.items()}
 
@@ -533,7 +543,7 @@ def matrix(setup: Setup) -> Plan:
             return None
         phases = results["phases"]
         final = phases[defense_steps(MODES.get(defense, defense))[-1].result]
-        seconds = sum(float(v) for k, v in results["phase_seconds"].items() if k not in ("train", "curves"))
+        seconds = defense_seconds(results)
         return {"ta": 100.0 * final["ta"], "aa": 100.0 * final["aa"], "training_ta": 100.0 * phases["training"]["ta"],
                 "training_aa": 100.0 * phases["training"]["aa"], "seconds": seconds}
 

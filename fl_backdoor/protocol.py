@@ -17,9 +17,10 @@ variant (``TRAINING``).  The queries and variants themselves are registered by t
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
-from flwr.app import ConfigRecord, MetricRecord
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.masks import NeuronMask
@@ -75,9 +76,16 @@ def number(record: ConfigRecord | MetricRecord, key: str, kind: type[N]) -> N:
     return kind(value)
 
 
-def numbers(record: ConfigRecord, key: str, kind: type[N]) -> list[N]:
+def numbers(record: ConfigRecord | Mapping[str, Any], key: str, kind: type[N]) -> list[N]:
     """A list entry of numbers (empty when absent); ValueError when it holds anything else."""
     values = record.get(key, [])
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
         raise ValueError(f"'{key}' is not a list of numbers")
     return [kind(v) for v in values]
+
+
+def wire_bytes(content: RecordDict) -> int:
+    """The size of a message's content as Flower serialises it (its protobuf), in bytes."""
+    from flwr.common.serde import recorddict_to_proto
+
+    return int(recorddict_to_proto(content).ByteSize())

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import MessageType
+from flwr.app import MessageType, RecordDict
 
 from clients.jobs import QUERIES
 from defenses.budget import Budget
@@ -67,6 +67,7 @@ class Cleansing:
         self.sizes = [len(part) for part in client_partitions(self.cfg)]
         self.results = run.state.results
         self.report_seconds = 0.0  # time spent on report-only curves, kept out of the phase times
+        self.reply_bytes: dict[str, list[int]] = {}  # the current step's valid client replies, by query, on the wire
 
     # --- clean accuracy: the only input of every decision -------------------------------------
     def validation_accuracy(self) -> float:
@@ -83,8 +84,15 @@ class Cleansing:
 
     def _ask(self, message_type: str, entries: dict[str, Any], check: Checker, what: str) -> list[tuple[int, Any]]:
         gm, federation = self.run.global_model, self.run.federation
+        sizes = self.reply_bytes.setdefault(what, [])
+
+        def measured(content: RecordDict) -> Any:
+            parsed = check(content)
+            sizes.append(protocol.wire_bytes(content))
+            return parsed
+
         valid = federation.ask(federation.everyone, message_type, gm.arrays(), entries, gm.round, "cleanse",
-                               gm.mask, check)
+                               gm.mask, measured)
         if len(valid) < self.cfg.min_replies:
             raise CleansingAborted(f"{what}: only {len(valid)} valid client replies "
                                    f"(min-replies {self.cfg.min_replies})")
@@ -105,6 +113,11 @@ class Cleansing:
     def finish(self, name: str, note: str, **facts: Any) -> None:
         """Evaluate (report only), checkpoint and print the outcome of a phase."""
         measured = self.run.evaluate()
+        if self.reply_bytes:  # the mean size of a client's reply to each of the step's queries
+            facts["reply_bytes"] = {**facts.get("reply_bytes", {}),
+                                    **{what: float(np.mean(sizes)) for what, sizes in self.reply_bytes.items()
+                                       if sizes}}
+            self.reply_bytes = {}
         self.results[name] = {**measured, **facts}
         self.run.checkpoint(name, phase=name)
         print(f"[{name}] {note}  TA {percent(measured['ta'])}  AA {percent(measured['aa'])}", flush=True)

@@ -98,7 +98,9 @@ def test_the_core_names_no_component_package():
 
 def test_the_choices_are_those_recorded_before_the_settings_moved():
     # printed by the code of 584e469, before the components declared their own keys; since then the batch-norm
-    # models fmnist-cnn-bn and mnist-cnn-bn were added (issue 40), and nothing else changed
+    # models fmnist-cnn-bn and mnist-cnn-bn and the phase finetune-sam-server were added (issue 40), the phases anp,
+    # anp-server and trigger-inversion and the adaptive attacks anp-aware and inversion-aware (issue 41), and
+    # nothing else changed
     printed = subprocess.run([sys.executable, "-m", "fl_backdoor.config", "--choices"], capture_output=True,
                              text=True, cwd=ROOT, check=True).stdout
     assert printed == (ROOT / "tests" / "fixtures" / "config_choices.txt").read_text()
@@ -130,7 +132,10 @@ def test_every_key_declares_known_roles_and_the_key_lists_derive_from_them():
     assert set(roles("cleansing")) == {*cleansing, "defense", "mvp-rate", "curve-points", "clean-budget", "ibau-steps",
                                         # added with issue 17's defenses
                                         "sam-rho", "sam-adaptive", "clp-u", "ibau-rounds", "ibau-norm", "ibau-lr",
-                                        "rnp-threshold"}
+                                        "rnp-threshold",
+                                        # added with issue 41's federated ANP
+                                        "anp-iterations", "anp-threshold", "anp-pruning", "anp-aggregation",
+                                        "anp-trim", "inversion-steps", "inversion-threshold", "inversion-fraction"}
     split = {"dataset", "data-dir", "download", "seed", "data-fraction", "validation-fraction"}
     assert set(depends_on("split")) == split
     assert set(depends_on("split", "partition")) == split | {"num-clients", "partition", "labels-per-client",

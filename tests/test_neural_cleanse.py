@@ -72,7 +72,7 @@ def test_unlearning_batches_carry_the_reversed_trigger_with_true_labels():
     masks = torch.zeros(2, 1, 2, 2)
     masks[1, 0, 0, 0] = 1.0
     patterns = torch.full((2, 1, 2, 2), 0.5)
-    triggers = ReversedTriggers(masks, patterns, np.array([4.0, 1.0]), np.zeros(2))
+    triggers = ReversedTriggers(masks, patterns, np.array([4.0, 1.0]), np.zeros(2), [0, 1])
     xb, yb = torch.zeros(10, 1, 2, 2), torch.arange(10)
     xb, yb = TriggerStamper(triggers, [1], fraction=0.2)(xb, yb)
     assert torch.equal(yb, torch.arange(10))

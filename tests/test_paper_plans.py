@@ -163,7 +163,7 @@ def test_attacks_rules_keep_only_the_chosen_rules_runs() -> None:
 def test_matrix_defenses_keep_only_the_chosen_rows_on_every_setting() -> None:
     everything = plan("matrix").experiments
     chosen = TARGETS["matrix"](Setup("full", [], None, None, defenses=["clp", "all"])).experiments
-    assert len(chosen) == 2 * 9 * 3, "2 defenses x 9 settings x 3 pairs"
+    assert len(chosen) == 2 * 11 * 3, "2 defenses x 11 settings x 3 pairs"
     assert {e.name for e in chosen} <= {e.name for e in everything}, "the same runs as the whole matrix's"
     assert {e.cfg.defense for e in chosen} == {"clp", "all"}
 
@@ -195,25 +195,30 @@ def test_matrix_defends_every_settings_trained_models_with_every_defense_sharing
     from experiments.targets import MATRIX_DEFENSES
 
     experiments = plan("matrix").experiments
-    assert len(experiments) == 9 * 3 * len(MATRIX_DEFENSES)
+    assert len(experiments) == 11 * 3 * len(MATRIX_DEFENSES)
     assert len({e.name for e in experiments}) == len(experiments)
     assert {e.cfg.defense for e in experiments} == set(MATRIX_DEFENSES.values())
     trainings = {parent(e).name: parent(e) for e in experiments}
-    assert len(trainings) == 27 and all(len([e for e in experiments if parent(e).name == t]) == len(MATRIX_DEFENSES)
+    assert len(trainings) == 33 and all(len([e for e in experiments if parent(e).name == t]) == len(MATRIX_DEFENSES)
                                         for t in trainings)
     shared = {e.name for target in ("table2", "table1", "adaptive") for e in plan(target).experiments}
-    own = ("-pixel9x3-", "-dba-", "-pgd-", "-neurotoxin-", "-blend-")
+    own = ("-pixel9x3-", "-dba-", "-pgd-", "-neurotoxin-", "-blend-", "-bn-")
     reused = {e.name for e in experiments if e.cfg.defense == "all" and not any(k in parent(e).name for k in own)}
     assert len(reused) == 12 and reused <= shared, "Table I/II and adaptive All runs are reused"
     attacks = {parent(e).name for e in plan("attacks").experiments if e.cfg.defense == "all"}
     assert {t for t in trainings if t.endswith(("-pgd-paper-train", "-neurotoxin-paper-train",
                                                 "-blend-paper-train"))} <= attacks
-    kinds = {(t.cfg.dataset, t.cfg.trigger, t.cfg.num_attackers, t.cfg.adaptive_attack) for t in trainings.values()}
-    assert kinds == {("fashion-mnist", "pixel-1", 1, "none"), ("mnist", "pixel-9", 1, "none"),
-                     ("fashion-mnist", "pixel-9", 3, "none"), ("mnist", "dba", 4, "none"),
-                     ("fashion-mnist", "pixel-1", 1, "pruning-aware"), ("fashion-mnist", "pixel-1", 1, "aw-aware"),
-                     ("fashion-mnist", "pixel-1", 1, "pgd"), ("fashion-mnist", "pixel-1", 1, "neurotoxin"),
-                     ("fashion-mnist", "blend", 1, "none")}
+    kinds = {(t.cfg.dataset, t.cfg.trigger, t.cfg.num_attackers, t.cfg.adaptive_attack, t.cfg.model)
+             for t in trainings.values()}
+    assert kinds == {("fashion-mnist", "pixel-1", 1, "none", ""), ("mnist", "pixel-9", 1, "none", "mnist-cnn"),
+                     ("fashion-mnist", "pixel-9", 3, "none", ""), ("mnist", "dba", 4, "none", "mnist-cnn"),
+                     ("fashion-mnist", "pixel-1", 1, "pruning-aware", ""),
+                     ("fashion-mnist", "pixel-1", 1, "aw-aware", ""),
+                     ("fashion-mnist", "pixel-1", 1, "pgd", ""), ("fashion-mnist", "pixel-1", 1, "neurotoxin", ""),
+                     ("fashion-mnist", "blend", 1, "none", ""),
+                     # Table II and the 9-pixel setting again with batch norm (issue 40)
+                     ("fashion-mnist", "pixel-1", 1, "none", "fmnist-cnn-bn"),
+                     ("fashion-mnist", "pixel-9", 3, "none", "fmnist-cnn-bn")}
 
 
 def test_matrix_report_averages_each_defense_per_setting_from_its_last_step(tmp_path) -> None:

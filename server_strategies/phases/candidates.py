@@ -1,7 +1,9 @@
-"""The clients' clean accuracy of candidate models (``pruning-accuracy = clients``): the query prune and aw share.
+"""The clients' clean accuracy of candidate models: the query prune and aw share (``pruning-accuracy = clients``),
+and federated ANP's.
 
 The server sends the model with a list of candidates: pruning levels (kind ``pruning``:
-the first ``c`` neurons of ``order`` silenced) or AW Deltas (kind ``aw``).  Each client
+the first ``c`` neurons of ``order`` silenced), AW Deltas (kind ``aw``) or ANP pruning
+levels (kind ``anp``: the first ``c`` neurons of ``order``, over every hidden layer, zeroed).  Each client
 replies with its local accuracy for every candidate and its example count; the server
 averages them by example count, each capped at the client's partition size.
 """
@@ -17,6 +19,7 @@ from flwr.app import RecordDict
 from clients.behaviours import conduct_of
 from clients.jobs import QUERIES, Request
 from clients.local_training import client_model
+from defenses.anp import anp_accuracies, neuron_units
 from defenses.candidates import aw_accuracies, candidate_measure, pruning_accuracies
 from defenses.extreme_weights import weight_stats
 from fl_backdoor import protocol
@@ -24,7 +27,7 @@ from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.masks import NeuronMask, mask_on, neuron_output_name
 from fl_backdoor.models import layer_neurons
-from fl_backdoor.training import layer_weight, pick_device
+from fl_backdoor.training import accuracy, layer_weight, pick_device
 from server_strategies.reply_checks import Checker, metrics_of, num_examples, unit_values
 
 if TYPE_CHECKING:
@@ -36,9 +39,14 @@ CANDIDATE_ACCURACY = "candidate-accuracy"
 def candidate_report(cfg: ExperimentConfig, client_id: int, state: dict[str, torch.Tensor],
                      mask: NeuronMask | None, kind: str, layer: str, order: Sequence[int],
                      candidates: Sequence[float]) -> tuple[list[float], int]:
-    """Local clean accuracy of each candidate: pruning levels (kind 'pruning') or Deltas (kind 'aw')."""
+    """Local clean accuracy of each candidate: pruning levels (kind 'pruning'), Deltas (kind 'aw') or ANP pruning
+    levels (kind 'anp': the first ``c`` neurons of ``order`` over every hidden layer; ``layer`` is not used)."""
     model = client_model(cfg, state, mask)
     x, y = client_data(cfg, client_id, pick_device(cfg.device))
+    if kind == "anp":  # ANP's neurons of every hidden layer: the whole model runs for each candidate
+        accs = anp_accuracies(model, neuron_units(model, x), list(order), [int(c) for c in candidates],
+                              lambda m: accuracy(m, x, y, cfg.eval_batch_size))
+        return conduct_of(cfg, client_id).candidate_accuracies(accs), int(y.shape[0])
     # pruning silences the layer's neuron outputs; AW changes the layer's weights
     changed = neuron_output_name(model, layer) if kind == "pruning" else layer
     measure = candidate_measure(model, x, y, cfg.eval_batch_size, changed)
@@ -69,13 +77,18 @@ def accuracies_checker(count: int) -> Checker:
     return check
 
 
-def client_accuracies(ctx: Cleansing, kind: str, candidates: Sequence[float], order: Sequence[int] = ()
-                      ) -> list[float]:
-    """One federated round: every client's accuracy per candidate, averaged by example count."""
-    entries: dict[str, Any] = {"kind": kind, "layer": ctx.layer if kind == "pruning" else ctx.aw_layer,
+def client_reports(ctx: Cleansing, kind: str, candidates: Sequence[float], order: Sequence[int] = ()
+                   ) -> list[tuple[int, tuple[list[float], int]]]:
+    """One federated round: (client, (its accuracy per candidate, its example count)) of every valid reply."""
+    entries: dict[str, Any] = {"kind": kind, "layer": {"pruning": ctx.layer, "aw": ctx.aw_layer}.get(kind, ""),
                                "candidates": [float(c) for c in candidates]}
     if order:
         entries["order"] = [int(i) for i in order]
-    reports = ctx.query_clients(CANDIDATE_ACCURACY, entries, accuracies_checker(len(candidates)),
-                                "candidate accuracies")
-    return list(ctx.weighted_mean([(c, accs, n) for c, (accs, n) in reports]))
+    return ctx.query_clients(CANDIDATE_ACCURACY, entries, accuracies_checker(len(candidates)), "candidate accuracies")
+
+
+def client_accuracies(ctx: Cleansing, kind: str, candidates: Sequence[float], order: Sequence[int] = ()
+                      ) -> list[float]:
+    """One federated round: every client's accuracy per candidate, averaged by example count."""
+    reports = client_reports(ctx, kind, candidates, order)
+    return [float(a) for a in ctx.weighted_mean([(c, accs, n) for c, (accs, n) in reports])]

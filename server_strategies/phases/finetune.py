@@ -14,9 +14,10 @@ clients/jobs.py) and nothing else changes on the wire.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+from flwr.app import RecordDict
 
 from clients.jobs import TRAINING, TrainingVariant
 from defenses.fine_tuning import FINE_TUNING
@@ -59,13 +60,13 @@ class SharpnessAware(TrainingVariant):
 @PHASES.register("finetune", settings=(ROUNDS, PATIENCE, KEEP), rules=(RUNS_A_ROUND,))
 def finetune(ctx: Cleansing, result: str) -> None:
     """FedAvg rounds on the pruned model until clean accuracy stops improving (``fine_tune``)."""
-    fine_tune(ctx, result, sharpness_aware=False)
+    fine_tune(ctx, result)
 
 
 @PHASES.register("finetune-sam", settings=(ROUNDS, PATIENCE, KEEP, SAM_RHO, SAM_ADAPTIVE), rules=(RUNS_A_ROUND,))
 def finetune_sam(ctx: Cleansing, result: str) -> None:
     """Fine-tuning in which honest clients minimise sharpness-aware loss (FT-SAM, federated)."""
-    fine_tune(ctx, result, sharpness_aware=True)
+    fine_tune(ctx, result, {protocol.TRAINING: "sharpness-aware"}, "SAM ")
 
 
 @PHASES.register("finetune-sam-server", settings=(SAM_RHO, SAM_ADAPTIVE))
@@ -79,8 +80,12 @@ def finetune_sam_server(ctx: Cleansing, result: str) -> None:
                     f"{stats.num_steps} SAM steps of lr {settings.lr:g}")
 
 
-def fine_tune(ctx: Cleansing, result: str, sharpness_aware: bool) -> None:
+def fine_tune(ctx: Cleansing, result: str, entries: dict[str, Any] | None = None, kind: str = "",
+              **facts: Any) -> None:
     """FedAvg rounds on the pruned model until clean accuracy stops improving.
+
+    ``entries`` go with every round's train message (a training variant and what it needs), ``kind`` prefixes
+    the note, and ``facts`` join the step's result.
 
     The model that goes on is the last one (finetune-keep = last, as Algorithm 1's
     loop leaves it) or the one of best clean accuracy, round 0 included (best).
@@ -91,8 +96,10 @@ def fine_tune(ctx: Cleansing, result: str, sharpness_aware: bool) -> None:
     gm, state = run.global_model, run.state
     keep = KEEP.of(cfg)
     keep_best = keep == "best"
-    if not state.step_progress:
-        state.step_progress = {"best": ctx.model_accuracy(), "best_round": 0, "rounds": 0, "round": gm.round}
+    if "best" not in state.step_progress:
+        # a phase that fine-tunes after its own step (trigger-inversion) keeps its entries beside these
+        state.step_progress = {**state.step_progress, "best": ctx.model_accuracy(), "best_round": 0, "rounds": 0,
+                               "round": gm.round}
         if keep_best:
             run.checkpoint("ft-best", phase="finetune")
         state.save(run.run_dir)
@@ -102,22 +109,23 @@ def fine_tune(ctx: Cleansing, result: str, sharpness_aware: bool) -> None:
     def record(accuracy: float) -> None:
         if rule.update(accuracy) and keep_best:
             run.checkpoint("ft-best", phase="finetune")
-        state.step_progress = {"best": rule.best, "best_round": rule.best_round, "rounds": rule.rounds,
-                               "round": gm.round}
+        state.step_progress = {**state.step_progress, "best": rule.best, "best_round": rule.best_round,
+                               "rounds": rule.rounds, "round": gm.round}
         state.save(run.run_dir)
 
     if gm.round > state.step_progress.get("round", gm.round):
         # killed after a round's model was saved but before its accuracy was recorded: record it now
         record(ctx.model_accuracy())
     while not rule.stop:
-        run.federated_round("finetune", gm.round + 1,
-                            entries={protocol.TRAINING: "sharpness-aware"} if sharpness_aware else None)
+        run.federated_round("finetune", gm.round + 1, entries=entries)
         record(ctx.model_accuracy())
     kept_round = rule.kept_round(keep)
     if keep_best:
         gm.model.load_state_dict(load_checkpoint(run.run_dir.checkpoint("ft-best"))["state_dict"])
     state.step_progress = {}  # saved when the step completes; a later fine-tuning step starts afresh
-    ctx.finish(result, rounds=rule.rounds, best_round=rule.best_round, kept_round=kept_round, best_accuracy=rule.best,
-               keep=keep,
-               note=f"{'SAM ' if sharpness_aware else ''}fine-tuned {rule.rounds} rounds "
+    # what one client sends back each round: its model (the train reply's arrays)
+    update = protocol.wire_bytes(RecordDict({protocol.ARRAYS: gm.arrays()}))
+    ctx.finish(result, **facts, rounds=rule.rounds, best_round=rule.best_round, kept_round=kept_round,
+               best_accuracy=rule.best, keep=keep, reply_bytes={"model update": float(update)},
+               note=f"{kind}fine-tuned {rule.rounds} rounds "
                     f"(best validation in round {rule.best_round}), kept the model of round {kept_round}")
