@@ -145,6 +145,7 @@ def test_federated_and_server_anp_prune_the_strongest_candidate_within_the_budge
         tried = found["anp_tried"]
         counts = [c for c, _ in tried]
         assert counts[0] == count - 1 == found["anp_strongest"] and counts[-1] == 0
+        assert len(found["anp_masks"]) == count and all(0.0 <= m <= 1.0 for m in found["anp_masks"])
         assert counts == sorted(counts, reverse=True)
         unchanged = tried[-1][1]
         passing = [c for c, a in tried if c and a >= unchanged - 0.03 - 1e-9]

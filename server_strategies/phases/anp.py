@@ -151,6 +151,7 @@ def prune_within_budget(ctx: Cleansing, result: str, units: list[NeuronUnit], ma
                anp_pruned_layers={k: int(v.sum()) for k, v in pruned.items() if int(v.sum())},
                anp_strongest=counts[0], anp_tried=tried,
                mask_median=float(np.median(flat)), masks_at_threshold=int((flat <= THRESHOLD.of(cfg)).sum()),
+               anp_masks=[round(float(m), 4) for m in flat],  # in neuron_units order: other cuts, offline
                pruning=PRUNING.of(cfg), threshold=THRESHOLD.of(cfg), unchanged=reason,
                budget=record,
                note=f"ANP ({where}): " + (f"nothing pruned ({reason})" if reason else
