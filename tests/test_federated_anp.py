@@ -124,11 +124,12 @@ def test_federated_and_server_anp_prune_the_strongest_candidate_within_the_budge
              "data-fraction": 0.05, "test-subset": 300, "lr": 0.05, "poison-lr": 0.05, "trigger": "pixel-9",
              "num-rounds": 2, "curve-points": 0, "data-dir": data_dir, "output-dir": str(tmp_path)}
     trained = run_simulation(ExperimentConfig.from_flat({**small, "run-name": "trained"}))
-    # the budget rule tries every neuron but one down to none: the choice is the strongest within 0.03; the attacker
-    # (client 0) lies in both of federated ANP's queries, and every reply is accepted
+    # the budget rule tries every neuron but one down to none: the choice is the strongest within 0.03; the clients
+    # measure the candidates; the attacker (client 0) lies in both of federated ANP's queries, and every reply is
+    # accepted
     cfg = ExperimentConfig.from_flat({**small, "defense": "anp-server?,anp", "num-rounds": 0, "anp-iterations": 5,
                                       "anp-pruning": "budget", "clean-budget": 0.03, "run-name": "anp",
-                                      "adaptive-attack": "anp-aware",
+                                      "adaptive-attack": "anp-aware", "pruning-accuracy": "clients",
                                       "init-checkpoint": str(trained / "checkpoints" / "trained.pt")})
     run = run_simulation(cfg)
     phases = json.loads((run / "results.json").read_text())["phases"]

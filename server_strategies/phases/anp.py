@@ -14,9 +14,13 @@ as ANP prunes) by clean-data candidates within ``clean-budget``: the strongest c
 the paper's rule, every neuron whose mask is at most ``anp-threshold`` (``anp-pruning =
 threshold``), or every neuron but one (``anp-pruning = budget``); the weaker ones prune
 fewer smallest-mask neurons, down to none, the unchanged model.  The federated phase has
-the clients measure the candidates (the candidate-accuracy query, kind ``anp``; one more
-round; the clients' drops from the unpruned model are combined by their median, so a
-minority cannot veto or wave through a candidate), the server phase its validation set.
+the server measure the candidates on its validation set, as ``anp-server`` does, or, with
+``pruning-accuracy = clients``, the clients (the candidate-accuracy query, kind ``anp``; one
+more round; the clients' drops from the unpruned model are combined by their median, so a
+minority cannot veto or wave through a candidate, but with label-skewed clients the median
+client does not see damage confined to labels a minority of clients hold: on the 9-pixel
+setting's 9 -> 0 model it passed 73 neurons whose pruning cost 12 points of validation
+accuracy, and the guard handed back the trained model).
 The first candidate, strongest first, whose clean accuracy is within the budget of the
 unpruned model's (measured the same way) is applied.  Later phases that train (fine-tuning)
 may move the zeroed weights again: ANP's pruning is not a persistent neuron mask.
@@ -52,7 +56,7 @@ from fl_backdoor.settings import Setting
 from fl_backdoor.training import pick_device
 from server_strategies.reply_checks import Checker, metrics_of, unit_values
 
-from . import CLEAN_BUDGET, PHASES
+from . import CLEAN_BUDGET, PHASES, PRUNING_ACCURACY
 from .candidates import client_reports
 
 if TYPE_CHECKING:
@@ -171,10 +175,15 @@ def anp_federated(ctx: Cleansing, result: str) -> None:
     combined = aggregate_masks([m for _, m in answered], rule, TRIM.of(ctx.cfg))
     masks = split_masks(units, torch.from_numpy(combined).float())
 
-    def accuracies(order: list[int], counts: list[int]) -> list[float]:
-        return median_drop_accuracies([accs for _, (accs, _) in client_reports(ctx, "anp", counts, order)])
+    on_clients = PRUNING_ACCURACY.of(ctx.cfg) == "clients"
 
-    prune_within_budget(ctx, result, units, masks, accuracies, "the clients' data", clients=len(answered),
+    def accuracies(order: list[int], counts: list[int]) -> list[float]:
+        if on_clients:
+            return median_drop_accuracies([accs for _, (accs, _) in client_reports(ctx, "anp", counts, order)])
+        return anp_accuracies(model, units, order, counts, lambda m: ctx.validation_accuracy())
+
+    prune_within_budget(ctx, result, units, masks, accuracies,
+                        "the clients' data" if on_clients else "the validation set", clients=len(answered),
                         aggregation=rule, reply_values=count)
 
 
