@@ -49,7 +49,7 @@ from defenses.anp import (
     smallest_first,
     split_masks,
 )
-from defenses.budget import Budget
+from defenses.budget import Budget, strongest_within
 from defenses.neuron_ranking import pruning_levels
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.settings import Setting
@@ -141,11 +141,11 @@ def prune_within_budget(ctx: Cleansing, result: str, units: list[NeuronUnit], ma
     order = smallest_first(masks)
     chosen, tried, record = 0, [], None
     if counts[0]:  # the unchanged model (count 0) is measured with the rest, the same way
-        measured = accuracies(order[:counts[0]], counts)
-        budget = Budget(measured[-1], CLEAN_BUDGET.of(cfg))
-        chosen = next((c for c, acc in zip(counts, measured, strict=True) if c and budget.allows(acc)), 0)
-        tried = [[c, a] for c, a in zip(counts, measured, strict=True)]
-        record = budget.record(measured[counts.index(chosen)], measured_on=where)
+        measured = dict(zip(counts, accuracies(order[:counts[0]], counts), strict=True))
+        budget = Budget(measured[0], CLEAN_BUDGET.of(cfg))
+        chosen = strongest_within(counts[:-1], measured.__getitem__, budget)[0] or 0
+        tried = [[c, a] for c, a in measured.items()]
+        record = budget.record(measured[chosen], measured_on=where)
     pruned = prune_first(masks, order, chosen)
     apply_pruning(model, units, pruned)
     reason = None if chosen else ("no neuron's mask is at most the threshold" if not counts[0] else
@@ -165,8 +165,8 @@ def prune_within_budget(ctx: Cleansing, result: str, units: list[NeuronUnit], ma
 
 @PHASES.register("anp", settings=(ITERATIONS, THRESHOLD, PRUNING, AGGREGATION, TRIM))
 def anp_federated(ctx: Cleansing, result: str) -> None:
-    """Every client optimises ANP's masks on its data; the server combines them robustly and prunes within the budget
-    by the clients' accuracies of the candidates."""
+    """Every client optimises ANP's masks on its data; the server combines them robustly and prunes the strongest
+    candidate within the budget (measured on the validation set, or by the clients with pruning-accuracy=clients)."""
     model = ctx.run.global_model.model
     units = neuron_units(model, ctx.val_x)
     count = sum(u.size for u in units)
