@@ -129,7 +129,8 @@ def _scaled(param: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 class AdversarialNeuronPruning:
     """Mask optimisation of ANP on one model; the model's own parameters are never changed."""
 
-    def __init__(self, model: nn.Module, units: list[NeuronUnit], settings: ANPSettings) -> None:
+    def __init__(self, model: nn.Module, units: list[NeuronUnit], settings: ANPSettings,
+                 start: dict[str, torch.Tensor] | None = None) -> None:
         if not units:
             raise ValueError("the model has no hidden neurons to mask")
         if settings.batch_norm == "train":  # a copy: batch norm in train mode updates its running statistics
@@ -144,7 +145,8 @@ class AdversarialNeuronPruning:
         self.settings = settings
         self.params = {name: p.detach() for name, p in model.named_parameters()}
         device = next(iter(self.params.values())).device
-        self.masks = {u.layer: torch.ones(u.size, device=device, requires_grad=True) for u in units}
+        self.masks = {u.layer: (torch.ones(u.size) if start is None else start[u.layer].detach().clone().float())
+                      .to(device).requires_grad_(True) for u in units}
         self.optimiser = torch.optim.SGD(list(self.masks.values()), lr=settings.lr, momentum=settings.momentum)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor, scale: dict[str, torch.Tensor],
@@ -348,11 +350,12 @@ class ANPResult:
 
 
 def anp_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: ANPSettings, generator: torch.Generator,
-              progress: Callable[[int, float], None] | None = None
+              progress: Callable[[int, float], None] | None = None, start: dict[str, torch.Tensor] | None = None
               ) -> tuple[list[NeuronUnit], dict[str, torch.Tensor]]:
-    """Optimise ANP's masks on the clean set (x, y); returns the model's neuron units and their masks."""
+    """Optimise ANP's masks on the clean set (x, y), from ``start`` (by default every mask 1, as ANP starts); returns
+    the model's neuron units and their masks."""
     units = neuron_units(model, x)
-    return units, AdversarialNeuronPruning(model, units, settings).fit(x, y, generator, progress)
+    return units, AdversarialNeuronPruning(model, units, settings, start).fit(x, y, generator, progress)
 
 
 def anp_prune(model: nn.Module, units: list[NeuronUnit], masks: dict[str, torch.Tensor], rule: PruningRule,

@@ -108,6 +108,23 @@ def test_candidate_accuracies_prune_the_first_neurons_of_the_order_and_restore_t
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()), "every candidate is undone"
 
 
+def test_a_round_of_mask_optimisation_continues_from_the_masks_it_is_given():
+    from defenses.anp import ANPSettings, anp_masks
+
+    net, x, y = three_neuron_net()
+    units = neuron_units(net, x)
+    given = {"0": torch.tensor([0.25, 0.5, 1.0])}
+    _, kept = anp_masks(net, x, y, ANPSettings(iterations=0), torch.Generator().manual_seed(0), start=given)
+    assert torch.equal(kept["0"], given["0"]) and kept["0"] is not given["0"], "no update: the start, copied"
+    # starting from every mask 1 is ANP's own start: the same masks, bit for bit
+    settings = ANPSettings(iterations=3, batch_size=2)
+    _, plain = anp_masks(net, x, y, settings, torch.Generator().manual_seed(0))
+    _, ones = anp_masks(net, x, y, settings, torch.Generator().manual_seed(0), start={"0": torch.ones(3)})
+    assert torch.equal(plain["0"], ones["0"])
+    _, moved = anp_masks(net, x, y, settings, torch.Generator().manual_seed(0), start=given)
+    assert not torch.equal(moved["0"], given["0"]) and len(units) == 1
+
+
 def pruned_neurons(state, start, units):
     """Per unit: the neurons whose weight (or BN scale) is zero in ``state`` but not in ``start``."""
     out = {}
@@ -128,6 +145,7 @@ def test_federated_and_server_anp_prune_the_strongest_candidate_within_the_budge
     # measure the candidates; the attacker (client 0) lies in both of federated ANP's queries, and every reply is
     # accepted
     cfg = ExperimentConfig.from_flat({**small, "defense": "anp-server?,anp", "num-rounds": 0, "anp-iterations": 5,
+                                      "anp-rounds": 2,
                                       "anp-pruning": "budget", "clean-budget": 0.03, "run-name": "anp",
                                       "adaptive-attack": "anp-aware", "pruning-accuracy": "clients",
                                       "init-checkpoint": str(trained / "checkpoints" / "trained.pt")})
@@ -162,12 +180,17 @@ def test_federated_and_server_anp_prune_the_strongest_candidate_within_the_budge
             if u.bias is not None:
                 assert torch.equal(state[u.bias], start[u.bias])
     assert phases["anp"]["clients"] == 4 and phases["anp"]["reply_values"] == count
+    assert phases["anp"]["anp_rounds"] == 2
     # on the wire a reply is its masks as doubles, plus a few bytes of framing
     assert 8 * count <= phases["anp"]["reply_bytes"]["ANP masks"] <= 8 * count + 256
     candidates = len(phases["anp"]["anp_tried"])
     assert 8 * candidates <= phases["anp"]["reply_bytes"]["candidate accuracies"] <= 8 * candidates + 256
     assert "reply_bytes" not in phases["anp-server"], "the server phase asks no client"
     assert phases["anp"]["aggregation"] == "median"
+    replies = np.asarray(list(phases["anp"]["client_masks"].values()))
+    assert replies.shape == (4, count)
+    assert np.allclose(np.median(replies, axis=0), phases["anp"]["anp_masks"], atol=1e-4), "the recorded replies"
+    assert phases["anp"]["client_masks"]["0"] == [1.0] * count, "the lying attacker's reply, as sent"
     assert phases["anp"]["budget"]["measured_on"] == "the clients' data"
     assert phases["anp-server"]["budget"]["measured_on"] == "the validation set"
 

@@ -129,6 +129,10 @@ def test_trigger_inversion_flags_gathers_the_median_trigger_and_unlearns_through
                                       key=lambda i: (norms[i], i))
     assert found["true_target"] == 0 and found["rounds"] == 1
     pixels, flagged = 28 * 28, len(found["flagged"])
+    from PIL import Image
+
+    with Image.open(runs["trigger-inversion"] / "reversed-trigger.png") as drawn:  # 2 tiles a row, 1 pixel padding
+        assert drawn.size == (2 * 29 + 1, flagged * 29 + 1)
     assert 8 * 10 <= found["reply_bytes"]["trigger norms"] <= 8 * 10 + 256
     assert 8 * 2 * flagged * pixels <= found["reply_bytes"]["reversed triggers"] <= 8 * 2 * flagged * pixels + 256
     params = sum(v.numel() for v in load_checkpoint(runs["finetune"] / "checkpoints" / "finetune.pt")["state_dict"]

@@ -17,13 +17,15 @@
 
 With nothing flagged the model is left unchanged.  ``results.json`` records the median
 norms, the anomaly indices, the flagged labels and, for the report only, the attack's true
-target (``attack_label``); no decision reads it.
+target (``attack_label``); no decision reads it.  The flagged labels' triggers are drawn in
+the run directory's ``reversed-trigger.png`` (mask, and mask times pattern, per label).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -136,6 +138,18 @@ class TriggerUnlearning(TrainingVariant):
         return TriggerStamper(triggers, labels, FRACTION.of(cfg))
 
 
+def save_flagged(path: Path, found: dict[str, Any], shape: tuple[int, int, int]) -> None:
+    """The flagged labels' median triggers as an image to look at: per label, its mask and the stamp (mask x
+    pattern), side by side."""
+    from torchvision.utils import save_image
+
+    channels, height, width = shape
+    masks = torch.tensor(found["trigger-masks"]).view(-1, 1, height, width).expand(-1, channels, -1, -1)
+    patterns = torch.tensor(found["trigger-patterns"]).view(-1, channels, height, width)
+    tiles = torch.stack([masks, masks * patterns], dim=1).flatten(0, 1)
+    save_image(tiles, path, nrow=2, padding=1, pad_value=0.5)
+
+
 @PHASES.register("trigger-inversion", settings=(STEPS, THRESHOLD, FRACTION, ROUNDS, PATIENCE, KEEP),
                  rules=(RUNS_A_ROUND,))
 def trigger_inversion(ctx: Cleansing, result: str) -> None:
@@ -157,6 +171,7 @@ def trigger_inversion(ctx: Cleansing, result: str) -> None:
             found["trigger-masks"] = np.median([m for _, (m, _) in answered], axis=0).tolist()
             found["trigger-patterns"] = np.median([p for _, (_, p) in answered], axis=0).tolist()
             found["pattern_clients"] = len(answered)
+            save_flagged(run.run_dir.path / "reversed-trigger.png", found, (int(channels), height, width))
         run.state.step_progress = {"inversion": found}
         run.state.save(run.run_dir)
     facts = {k: v for k, v in found.items() if not k.startswith("trigger-")}
