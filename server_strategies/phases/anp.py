@@ -47,6 +47,7 @@ from flwr.app import RecordDict
 from clients.jobs import QUERIES, Request
 from clients.local_training import client_model, job_generator
 from defenses.anp import (
+    AdversarialNeuronPruning,
     ANPSettings,
     NeuronUnit,
     anp_accuracies,
@@ -114,7 +115,7 @@ def anp_report(req: Request) -> dict[str, Any]:
     later = protocol.number(req.config, ROUND, int) if ROUND in req.config else 0
     generator.manual_seed(generator.initial_seed() + later)
     iterations = math.ceil(ITERATIONS.of(cfg) / ROUNDS.of(cfg))
-    _, masks = anp_masks(model, x, y, ANPSettings(iterations=iterations), generator, start=start)
+    masks = AdversarialNeuronPruning(model, units, ANPSettings(iterations=iterations), start).fit(x, y, generator)
     return {"masks": flatten_masks(masks).tolist()}
 
 
