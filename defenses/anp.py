@@ -127,7 +127,8 @@ def _scaled(param: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 class AdversarialNeuronPruning:
-    """Mask optimisation of ANP on one model; the model's own parameters are never changed."""
+    """Mask optimisation of ANP on one model, from ``start`` (by default every mask 1, as ANP starts); the model's own
+    parameters are never changed."""
 
     def __init__(self, model: nn.Module, units: list[NeuronUnit], settings: ANPSettings,
                  start: dict[str, torch.Tensor] | None = None) -> None:
@@ -350,12 +351,11 @@ class ANPResult:
 
 
 def anp_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: ANPSettings, generator: torch.Generator,
-              progress: Callable[[int, float], None] | None = None, start: dict[str, torch.Tensor] | None = None
+              progress: Callable[[int, float], None] | None = None
               ) -> tuple[list[NeuronUnit], dict[str, torch.Tensor]]:
-    """Optimise ANP's masks on the clean set (x, y), from ``start`` (by default every mask 1, as ANP starts); returns
-    the model's neuron units and their masks."""
+    """Optimise ANP's masks on the clean set (x, y); returns the model's neuron units and their masks."""
     units = neuron_units(model, x)
-    return units, AdversarialNeuronPruning(model, units, settings, start).fit(x, y, generator, progress)
+    return units, AdversarialNeuronPruning(model, units, settings).fit(x, y, generator, progress)
 
 
 def anp_prune(model: nn.Module, units: list[NeuronUnit], masks: dict[str, torch.Tensor], rule: PruningRule,

@@ -109,20 +109,22 @@ def test_candidate_accuracies_prune_the_first_neurons_of_the_order_and_restore_t
 
 
 def test_a_round_of_mask_optimisation_continues_from_the_masks_it_is_given():
-    from defenses.anp import ANPSettings, anp_masks
+    from defenses.anp import AdversarialNeuronPruning, ANPSettings, anp_masks
 
     net, x, y = three_neuron_net()
     units = neuron_units(net, x)
     given = {"0": torch.tensor([0.25, 0.5, 1.0])}
-    _, kept = anp_masks(net, x, y, ANPSettings(iterations=0), torch.Generator().manual_seed(0), start=given)
+
+    def fit(settings, start=None):
+        return AdversarialNeuronPruning(net, units, settings, start).fit(x, y, torch.Generator().manual_seed(0))
+
+    kept = fit(ANPSettings(iterations=0), given)
     assert torch.equal(kept["0"], given["0"]) and kept["0"] is not given["0"], "no update: the start, copied"
     # starting from every mask 1 is ANP's own start: the same masks, bit for bit
     settings = ANPSettings(iterations=3, batch_size=2)
     _, plain = anp_masks(net, x, y, settings, torch.Generator().manual_seed(0))
-    _, ones = anp_masks(net, x, y, settings, torch.Generator().manual_seed(0), start={"0": torch.ones(3)})
-    assert torch.equal(plain["0"], ones["0"])
-    _, moved = anp_masks(net, x, y, settings, torch.Generator().manual_seed(0), start=given)
-    assert not torch.equal(moved["0"], given["0"]) and len(units) == 1
+    assert torch.equal(plain["0"], fit(settings, {"0": torch.ones(3)})["0"])
+    assert not torch.equal(fit(settings, given)["0"], given["0"]) and len(units) == 1
 
 
 def pruned_neurons(state, start, units):

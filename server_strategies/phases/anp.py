@@ -106,11 +106,8 @@ def anp_report(req: Request) -> dict[str, Any]:
     x, y = client_data(cfg, req.client_id, pick_device(cfg.device))
     units = neuron_units(model, x)
     start = None
-    if START in req.config:
-        values = protocol.numbers(req.config, START, float)
-        if len(values) != sum(u.size for u in units) or not all(0.0 <= v <= 1.0 for v in values):
-            raise ValueError(f"'{START}': one mask in [0, 1] per neuron")
-        start = split_masks(units, torch.tensor(values))
+    if START in req.config:  # the same check as the server's on a reply: one mask in [0, 1] per neuron
+        start = split_masks(units, torch.tensor(unit_values(req.config, START, sum(u.size for u in units))))
     generator = job_generator(cfg, req.client_id, req.server_round, "cleanse")
     later = protocol.number(req.config, ROUND, int) if ROUND in req.config else 0
     generator.manual_seed(generator.initial_seed() + later)
