@@ -136,7 +136,7 @@ def test_every_key_declares_known_roles_and_the_key_lists_derive_from_them():
                                         # added with issue 41's federated ANP
                                         "anp-iterations", "anp-threshold", "anp-pruning", "anp-aggregation",
                                         "anp-trim", "anp-rounds", "inversion-steps", "inversion-threshold",
-                                        "inversion-fraction"}
+                                        "inversion-fraction", "inversion-unlearning"}
     split = {"dataset", "data-dir", "download", "seed", "data-fraction", "validation-fraction"}
     assert set(depends_on("split")) == split
     assert set(depends_on("split", "partition")) == split | {"num-clients", "partition", "labels-per-client",

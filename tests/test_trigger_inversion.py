@@ -2,6 +2,7 @@
 checks, the unlearning batches, exact on hand-made inputs; then the phase through Flower."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from flwr.app import MetricRecord, RecordDict
 from clients.behaviours.inversion_aware import InversionAware
 from defenses.neural_cleanse import NCSettings, flagged_classes, reverse_triggers
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.federation_data import validation_set
 from fl_backdoor.run_dir import load_checkpoint, read_csv
 from server_strategies.phases.inversion import (
     TriggerUnlearning,
@@ -118,10 +120,11 @@ def test_trigger_inversion_flags_gathers_the_median_trigger_and_unlearns_through
     # threshold 0: every label with a norm below the median is flagged; the attacker (client 0) lies in both queries
     common = {**small, "num-rounds": 0, "init-checkpoint": start, "finetune-rounds": 1, "finetune-patience": 1}
     runs = {}
-    for defense, extra in (("trigger-inversion", {"inversion-steps": 5, "inversion-threshold": 0.0,
-                                                  "adaptive-attack": "inversion-aware"}), ("finetune", {})):
-        runs[defense] = run_simulation(ExperimentConfig.from_flat({**common, **extra, "defense": defense,
-                                                                   "run-name": defense}))
+    inversion = {"defense": "trigger-inversion", "inversion-steps": 5, "inversion-threshold": 0.0,
+                 "adaptive-attack": "inversion-aware"}
+    for name, extra in (("trigger-inversion", inversion), ("finetune", {"defense": "finetune"}),
+                        ("server", {**inversion, "inversion-unlearning": "server"})):
+        runs[name] = run_simulation(ExperimentConfig.from_flat({**common, **extra, "run-name": name}))
     found = json.loads((runs["trigger-inversion"] / "results.json").read_text())["phases"]["trigger-inversion"]
     norms = np.array(found["norms"])
     assert len(norms) == 10 and found["clients"] == 4 == found["pattern_clients"]
@@ -143,3 +146,17 @@ def test_trigger_inversion_flags_gathers_the_median_trigger_and_unlearns_through
     unlearned = load_checkpoint(runs["trigger-inversion"] / "checkpoints" / "trigger-inversion.pt")["state_dict"]
     plain = load_checkpoint(runs["finetune"] / "checkpoints" / "finetune.pt")["state_dict"]
     assert any(not torch.equal(unlearned[k], plain[k]) for k in plain), "the honest clients stamped their batches"
+
+    on_server = json.loads((runs["server"] / "results.json").read_text())["phases"]["trigger-inversion"]
+    assert {k: on_server[k] for k in ("norms", "flagged")} == {k: found[k] for k in ("norms", "flagged")}, \
+        "the same detection"
+    validation = on_server["budget"]["clean_input"]
+    assert on_server["unlearning"] == "server" and on_server["epochs"] == 20
+    images = len(validation_set(ExperimentConfig.from_flat(small)).y)
+    assert on_server["steps"] == 20 * math.ceil(images / 64), "20 epochs over the validation set, batches of 64"
+    assert on_server["budget"]["within"] and on_server["budget"]["unlearned"] == on_server["budget"]["clean_output"]
+    assert on_server["budget"]["clean_output"] >= validation - 0.05
+    assert "finetune" not in [r["phase"] for r in read_csv(runs["server"] / "metrics.csv")], "no federated round"
+    served = load_checkpoint(runs["server"] / "checkpoints" / "trigger-inversion.pt")["state_dict"]
+    before = load_checkpoint(start)["state_dict"]
+    assert any(not torch.equal(served[k], before[k]) for k in before), "the server unlearned"

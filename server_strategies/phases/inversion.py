@@ -10,10 +10,16 @@
 2. With a label flagged, one more query round (``trigger-pattern``, the flagged labels in
    its config): every client reverses the flagged labels' triggers again and replies with
    their masks and patterns; the server takes their element-wise median.
-3. Unlearning: federated fine-tuning rounds (the ``finetune`` phase's rounds, patience and
-   keep) in which honest clients stamp that trigger on ``inversion-fraction`` of every
-   batch and keep the true labels (training variant ``trigger-unlearning``).  Only the
-   flagged trigger travels, with the model; no data leaves a client.
+3. Unlearning, where ``inversion-unlearning`` says:
+   - ``clients`` (default): federated fine-tuning rounds (the ``finetune`` phase's rounds,
+     patience and keep) in which honest clients stamp that trigger on
+     ``inversion-fraction`` of every batch and keep the true labels (training variant
+     ``trigger-unlearning``).  Only the flagged trigger travels, with the model; no data
+     leaves a client.  Attackers take part as in fine-tuning (``finetune-attack``).
+   - ``server``: Neural Cleanse's own unlearning, on the server's validation set with the
+     centralized comparisons' fine-tuning settings (defenses/fine_tuning.py), where no
+     attacker takes part.  Within ``clean-budget`` of the phase's input on that set, or
+     undone.
 
 With nothing flagged the model is left unchanged.  ``results.json`` records the median
 norms, the anomaly indices, the flagged labels and, for the report only, the attack's true
@@ -24,7 +30,7 @@ the run directory's ``reversed-trigger.png`` (mask, and mask times pattern, per 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +40,8 @@ from flwr.app import RecordDict
 
 from clients.jobs import QUERIES, TRAINING, Request, TrainingVariant
 from clients.local_training import client_model, job_generator
+from defenses.budget import Budget
+from defenses.fine_tuning import FINE_TUNING
 from defenses.neural_cleanse import (
     NCSettings,
     ReversedTriggers,
@@ -46,10 +54,10 @@ from fl_backdoor import protocol
 from fl_backdoor.config import NUM_CLASSES, ExperimentConfig
 from fl_backdoor.federation_data import client_data
 from fl_backdoor.settings import Setting
-from fl_backdoor.training import BatchTransform, pick_device
+from fl_backdoor.training import BatchTransform, pick_device, train
 from server_strategies.reply_checks import Checker, InvalidReply, metrics_of, unit_values
 
-from . import PHASES
+from . import CLEAN_BUDGET, PHASES
 from .finetune import KEEP, PATIENCE, ROUNDS, RUNS_A_ROUND, fine_tune
 
 if TYPE_CHECKING:
@@ -64,6 +72,11 @@ THRESHOLD = Setting("inversion-threshold", 2.0, "trigger-inversion: flag a label
 FRACTION = Setting("inversion-fraction", 0.2, "trigger-inversion: share of every unlearning batch an honest client "
                                               "stamps with the reversed trigger, true labels kept (the centralized "
                                               "port's 0.2).", "cleansing", low=0.0, high=1.0)
+UNLEARNING_AT = Setting("inversion-unlearning", "clients", "trigger-inversion: where the flagged trigger is unlearned: "
+                                                          "clients (federated fine-tuning rounds, attackers taking "
+                                                          "part) or server (Neural Cleanse's unlearning on the "
+                                                          "validation set, within clean-budget).", "cleansing",
+                        choices=("clients", "server"))
 TRIGGER_NORMS, TRIGGER_PATTERN, UNLEARNING = "trigger-norms", "trigger-pattern", "trigger-unlearning"
 
 
@@ -128,14 +141,41 @@ class TriggerUnlearning(TrainingVariant):
     """Honest clients stamp the server's reversed trigger on a share of every batch, true labels kept."""
 
     def transform(self, cfg: ExperimentConfig, x: torch.Tensor) -> BatchTransform | None:
-        labels = protocol.numbers(self.entries, "trigger-labels", int)
-        shape = (len(labels), 1, *x.shape[2:])
-        masks = torch.tensor(protocol.numbers(self.entries, "trigger-masks", float), dtype=x.dtype).view(shape)
-        patterns = torch.tensor(protocol.numbers(self.entries, "trigger-patterns", float),
-                                dtype=x.dtype).view(len(labels), *x.shape[1:])
-        triggers = ReversedTriggers(masks.to(x.device), patterns.to(x.device), np.zeros(len(labels)),
-                                    np.zeros(len(labels)), labels)
-        return TriggerStamper(triggers, labels, FRACTION.of(cfg))
+        return stamper(cfg, self.entries, x)
+
+
+def stamper(cfg: ExperimentConfig, entries: Mapping[str, Any], x: torch.Tensor) -> TriggerStamper:
+    """The unlearning batch transform of the flagged triggers in ``entries`` (their labels, masks and patterns,
+    flattened), for images shaped like ``x``."""
+    labels = protocol.numbers(entries, "trigger-labels", int)
+    masks = torch.tensor(protocol.numbers(entries, "trigger-masks", float),
+                         dtype=x.dtype).view(len(labels), 1, *x.shape[2:])
+    patterns = torch.tensor(protocol.numbers(entries, "trigger-patterns", float),
+                            dtype=x.dtype).view(len(labels), *x.shape[1:])
+    triggers = ReversedTriggers(masks.to(x.device), patterns.to(x.device), np.zeros(len(labels)),
+                                np.zeros(len(labels)), labels)
+    return TriggerStamper(triggers, labels, FRACTION.of(cfg))
+
+
+def unlearn_on_server(ctx: Cleansing, result: str, entries: dict[str, Any], **facts: Any) -> None:
+    """Neural Cleanse's unlearning of the flagged triggers on the validation set, undone unless the model stays
+    within clean-budget of the phase's input there."""
+    gm, cfg = ctx.run.global_model, ctx.cfg
+    budget = Budget(ctx.validation_accuracy(), CLEAN_BUDGET.of(cfg))
+    before = {k: v.detach().clone() for k, v in gm.model.state_dict().items()}
+    stats = train(gm.model, ctx.val_x, ctx.val_y, FINE_TUNING, torch.Generator().manual_seed(cfg.seed),
+                  batch_transform=stamper(cfg, entries, ctx.val_x))
+    accuracy = ctx.validation_accuracy()
+    kept = budget.allows(accuracy)
+    if not kept:
+        gm.model.load_state_dict(before)
+    images = int(ctx.val_y.shape[0])
+    ctx.run.state.step_progress = {}  # saved when the step completes; a resumed run before then keeps the detection
+    ctx.finish(result, **facts, unlearning="server", epochs=FINE_TUNING.epochs, steps=stats.num_steps,
+               loss=stats.loss, budget=budget.record(ctx.validation_accuracy(), unlearned=accuracy),
+               note=f"trigger inversion flagged {facts['flagged']}, then unlearning on the server's {images} "
+                    f"validation images: {stats.num_steps} steps, validation {accuracy:.4f}"
+                    + ("" if kept else f", below the budget's floor {budget.floor:.4f}: undone"))
 
 
 def save_flagged(path: Path, found: dict[str, Any], shape: tuple[int, int, int]) -> None:
@@ -150,7 +190,7 @@ def save_flagged(path: Path, found: dict[str, Any], shape: tuple[int, int, int])
     save_image(tiles, path, nrow=2, padding=1, pad_value=0.5)
 
 
-@PHASES.register("trigger-inversion", settings=(STEPS, THRESHOLD, FRACTION, ROUNDS, PATIENCE, KEEP),
+@PHASES.register("trigger-inversion", settings=(STEPS, THRESHOLD, FRACTION, UNLEARNING_AT, ROUNDS, PATIENCE, KEEP),
                  rules=(RUNS_A_ROUND,))
 def trigger_inversion(ctx: Cleansing, result: str) -> None:
     """Clients reverse triggers and report norms; the server flags labels by their median norms' anomaly index,
@@ -182,4 +222,7 @@ def trigger_inversion(ctx: Cleansing, result: str) -> None:
         return
     entries = {protocol.TRAINING: UNLEARNING, "trigger-labels": found["flagged"],
                "trigger-masks": found["trigger-masks"], "trigger-patterns": found["trigger-patterns"]}
+    if UNLEARNING_AT.of(cfg) == "server":
+        unlearn_on_server(ctx, result, entries, **facts)
+        return
     fine_tune(ctx, result, entries, f"trigger inversion flagged {found['flagged']}, then unlearning: ", **facts)
