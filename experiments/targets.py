@@ -493,9 +493,12 @@ MATRIX_DEFENSES = {"all": "all", "all-sam": "prune,aw?,finetune-sam,aw", "finetu
                    "ibau-server": "ibau-server", "ibau": "ibau", "prune-ibau-aw": "prune,ibau,aw",
                    "rnp-server": "rnp-server", "rnp": "rnp", "anp-server": "anp-server", "anp": "anp",
                    "anp-liar": "anp", "trigger-inversion": "trigger-inversion",
-                   "inversion-liar": "trigger-inversion"}
-# rows whose defense runs against attackers who lie in its queries (issue 41): the same trained models
-MATRIX_LIARS = {"anp-liar": "anp-aware", "inversion-liar": "inversion-aware"}
+                   "inversion-liar": "trigger-inversion", "inversion-server": "trigger-inversion"}
+# rows whose defense runs with other settings on the same trained models (issue 41): against attackers who lie in
+# its queries, or unlearning the clients' flagged trigger on the server
+MATRIX_CHANGES: dict[str, dict[str, Any]] = {"anp-liar": {"adaptive_attack": "anp-aware"},
+                                             "inversion-liar": {"adaptive_attack": "inversion-aware"},
+                                             "inversion-server": {"inversion_unlearning": "server"}}
 
 
 FMNIST_BN = "fmnist-cnn-bn"  # FashionCNN with batch norm after each layer but the last
@@ -531,8 +534,7 @@ def matrix(setup: Setup) -> Plan:
               if setup.defenses is None or name in setup.defenses}
     cells = {(name, setting, i): (defended(training, "all") if defense == "all" else
                                   training.child(training.label.replace("-train", f"-{name}"), defense=defense,
-                                                 **({"adaptive_attack": MATRIX_LIARS[name]}
-                                                    if name in MATRIX_LIARS else {})))
+                                                 **MATRIX_CHANGES.get(name, {})))
              for setting, trainings in settings.items() for i, training in enumerate(trainings)
              for name, defense in chosen.items()}
 

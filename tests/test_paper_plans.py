@@ -219,6 +219,12 @@ def test_matrix_defends_every_settings_trained_models_with_every_defense_sharing
                      # Table II and the 9-pixel setting again with batch norm (issue 40)
                      ("fashion-mnist", "pixel-1", 1, "none", "fmnist-cnn-bn"),
                      ("fashion-mnist", "pixel-9", 3, "none", "fmnist-cnn-bn")}
+    changed = {(e.name.rsplit("-", 2)[-2], e.cfg.adaptive_attack, e.cfg.value("inversion-unlearning"))
+               for e in experiments if e.cfg.defense in ("anp", "trigger-inversion")
+               and e.cfg.adaptive_attack in ("none", "anp-aware", "inversion-aware")}
+    assert changed == {("anp", "none", "clients"), ("liar", "anp-aware", "clients"),
+                       ("inversion", "none", "clients"), ("liar", "inversion-aware", "clients"),
+                       ("server", "none", "server")}, "each row's cells run with its own settings"
 
 
 def test_matrix_report_averages_each_defense_per_setting_from_its_last_step(tmp_path) -> None:
