@@ -8,7 +8,8 @@ clients as an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,29 @@ from fl_backdoor.masks import NeuronMask
 from server_strategies.reply_checks import Checker, InvalidReply
 
 DROP_KINDS = ("invalid", "fault", "missing")
+QUIET_WAIT_S = 60.0  # a wait longer than this reports the replies as they arrive (rounds take seconds; queries
+#                      that run ANP or Neural Cleanse on every client take many minutes)
+
+
+def wait_for_replies(grid: Grid, messages: list[Message], timeout: float,
+                     report: Callable[[int, int, float], None], clock: Callable[[], float] = time.monotonic
+                     ) -> list[Message]:
+    """Grid.send_and_receive (push, then pull at the grid's interval until every reply is in or ``timeout``
+    seconds pass), calling ``report(replies, messages, seconds)`` whenever replies arrive after QUIET_WAIT_S:
+    written out here only to report progress, which the grid's own loop does not."""
+    pending = set(grid.push_messages(messages))
+    start = clock()
+    replies: list[Message] = []
+    while True:
+        arrived = list(grid.pull_messages(pending))
+        replies.extend(arrived)
+        pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
+        waited = clock() - start
+        if arrived and waited > QUIET_WAIT_S:
+            report(len(replies), len(messages), waited)
+        if not pending or waited >= timeout:
+            return replies
+        time.sleep(getattr(grid, "pull_interval", 3.0))  # the in-memory grid's interval, or the deployment grid's
 
 
 class Federation:
@@ -65,7 +89,10 @@ class Federation:
             content = RecordDict({protocol.ARRAYS: arrays, protocol.RUN_CONFIG: run_config, protocol.CONFIG: config})
             message = Message(content=content, dst_node_id=self.client_nodes[client], message_type=message_type)
             messages.append(message)
-        replies = self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout)
+        def report(count: int, total: int, seconds: float) -> None:
+            print(f"[{phase}] round {server_round}: {count} of {total} replies in {seconds:.0f} s", flush=True)
+
+        replies = wait_for_replies(self.grid, messages, self.cfg.round_timeout, report)
         # the grid assigns message ids when it sends
         sent = {message.metadata.message_id: client for client, message in zip(clients, messages, strict=True)}
         return self.screen(replies, sent, check, server_round, phase)

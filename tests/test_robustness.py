@@ -335,3 +335,39 @@ def test_a_state_saved_under_the_old_field_name_resumes_its_steps_progress(tmp_p
     assert (state.start_round, state.done, state.step_progress) == (3, ["prune"], {"ibau_start": 7})
     state.save(RunDirectory(tmp_path))
     assert "finetune" not in json.loads((tmp_path / "state.json").read_text())
+
+
+def test_a_long_wait_reports_the_replies_as_they_arrive_and_a_timeout_ends_it(monkeypatch):
+    from types import SimpleNamespace
+
+    from server_strategies import federation
+
+    now = [0.0]
+    monkeypatch.setattr(federation.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+
+    ready = {"m0": 30.0, "m1": 70.0, "m2": 130.0}  # when each message's reply can be pulled
+
+    class Grid:
+        pull_interval = 20.0
+
+        def push_messages(self, messages):
+            return [f"m{i}" for i in range(len(messages))]
+
+        def pull_messages(self, ids):
+            due = sorted(i for i in ids if ready[i] <= now[0])
+            return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in due]
+
+    reports = []
+
+    def wait(timeout):
+        now[0] = 0.0
+        reports.clear()
+        got = federation.wait_for_replies(Grid(), ["a", "b", "c"], timeout, lambda *r: reports.append(r),
+                                          clock=lambda: now[0])
+        return [m.metadata.reply_to_message_id for m in got], now[0]
+
+    assert federation.QUIET_WAIT_S == 60.0
+    assert wait(3600.0) == (["m0", "m1", "m2"], 140.0), "pulled at 0, 20, ... 140 s; done at the last reply"
+    assert reports == [(2, 3, 80.0), (3, 3, 140.0)], "quiet for the first 60 s (m0 at 40 s), then each arrival"
+    assert wait(100.0) == (["m0", "m1"], 100.0), "the timeout ends the wait without the third reply"
+    assert reports == [(2, 3, 80.0)]
