@@ -493,12 +493,15 @@ MATRIX_DEFENSES = {"all": "all", "all-sam": "prune,aw?,finetune-sam,aw", "finetu
                    "ibau-server": "ibau-server", "ibau": "ibau", "prune-ibau-aw": "prune,ibau,aw",
                    "rnp-server": "rnp-server", "rnp": "rnp", "anp-server": "anp-server", "anp": "anp",
                    "anp-liar": "anp", "trigger-inversion": "trigger-inversion",
-                   "inversion-liar": "trigger-inversion", "inversion-server": "trigger-inversion"}
+                   "inversion-liar": "trigger-inversion", "inversion-server": "trigger-inversion",
+                   "inversion-liar-server": "trigger-inversion"}
 # rows whose defense runs with other settings on the same trained models (issue 41): against attackers who lie in
 # its queries, or unlearning the clients' flagged trigger on the server
 MATRIX_CHANGES: dict[str, dict[str, Any]] = {"anp-liar": {"adaptive_attack": "anp-aware"},
                                              "inversion-liar": {"adaptive_attack": "inversion-aware"},
-                                             "inversion-server": {"inversion_unlearning": "server"}}
+                                             "inversion-server": {"inversion_unlearning": "server"},
+                                             "inversion-liar-server": {"adaptive_attack": "inversion-aware",
+                                                                       "inversion_unlearning": "server"}}
 
 
 FMNIST_BN = "fmnist-cnn-bn"  # FashionCNN with batch norm after each layer but the last

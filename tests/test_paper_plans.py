@@ -224,7 +224,8 @@ def test_matrix_defends_every_settings_trained_models_with_every_defense_sharing
                and e.cfg.adaptive_attack in ("none", "anp-aware", "inversion-aware")}
     assert changed == {("anp", "none", "clients"), ("liar", "anp-aware", "clients"),
                        ("inversion", "none", "clients"), ("liar", "inversion-aware", "clients"),
-                       ("server", "none", "server")}, "each row's cells run with its own settings"
+                       ("server", "none", "server"), ("server", "inversion-aware", "server")}, \
+        "each row's cells run with its own settings"
 
 
 def test_matrix_report_averages_each_defense_per_setting_from_its_last_step(tmp_path) -> None:
