@@ -40,7 +40,10 @@ def num_examples(metrics: Any) -> int:
 
 
 def model_checker(reference: ArrayRecord) -> Checker:
-    """A train reply: one model with the reference's names, shapes and dtypes, all finite."""
+    """A train reply: one model with the reference's names, shapes and dtypes, all finite.
+
+    A batch-norm running variance (an array named ``*running_var``) must also be >= 0: once the
+    aggregate holds a negative one, ``sqrt(var + eps)`` is NaN and so is every output."""
     expected = {name: (tuple(a.shape), a.dtype) for name, a in reference.items()}
 
     def check(content: RecordDict) -> tuple[ArrayRecord, float]:
@@ -60,6 +63,8 @@ def model_checker(reference: ArrayRecord) -> Checker:
             values = array.numpy()
             if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
                 raise InvalidReply(f"array '{name}' holds NaN or Inf")
+            if name.endswith(protocol.RUNNING_VARIANCE) and (values < 0).any():
+                raise InvalidReply(f"array '{name}' holds a negative variance (min {float(values.min()):.3g})")
         metrics = metrics_of(content)
         num_examples(metrics)
         loss = metrics.get("train-loss", 0.0)

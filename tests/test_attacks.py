@@ -1,8 +1,11 @@
-"""Model replacement scaling and the attack schedule."""
+"""Model replacement scaling, what the server's reply check makes of it, and the attack schedule."""
 
+import pytest
 import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from clients.local_training import run_local_job
+from fl_backdoor import protocol
 from fl_backdoor.attacks import (
     attack_gamma,
     attacker_trigger,
@@ -13,6 +16,7 @@ from fl_backdoor.attacks import (
 )
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.models import build_model
+from server_strategies.reply_checks import InvalidReply, model_checker
 
 
 def test_scale_update_matches_formula():
@@ -90,3 +94,23 @@ def test_fine_tuning_never_replaces_more_than_the_busiest_training_round():
     assert attack_gamma(overlapping, "finetune") == 75
     few = dba.replace(gamma=2.0)
     assert attack_gamma(few, "finetune") == 1.0, "below 1 an attacker just poisons"
+
+
+def _reply(state: dict[str, torch.Tensor]) -> RecordDict:
+    return RecordDict({protocol.ARRAYS: ArrayRecord({k: v.contiguous() for k, v in state.items()}),
+                       protocol.METRICS: MetricRecord({"num-examples": 10, "train-loss": 0.5})})
+
+
+def test_replacement_of_a_running_variance_below_half_the_global_one_is_refused():
+    """gamma = 2 sends 2L - G: negative where the attacker's variance is below half the global model's."""
+    global_state = {"bn.running_var": torch.tensor([1.0, 2.0, 4.0]), "bn.running_mean": torch.tensor([0.0, 1.0, 2.0])}
+    check = model_checker(ArrayRecord(global_state))
+    at_half = {"bn.running_var": torch.tensor([0.5, 1.0, 2.0]), "bn.running_mean": torch.tensor([-3.0, -3.0, -3.0])}
+    sent = scale_update(global_state, at_half, gamma=2.0)
+    assert sent["bn.running_var"].tolist() == [0.0, 0.0, 0.0]
+    check(_reply(sent))  # zero variance is valid; so are negative running means
+    below = {**at_half, "bn.running_var": torch.tensor([0.5, 0.75, 2.0])}
+    sent = scale_update(global_state, below, gamma=2.0)
+    assert sent["bn.running_var"].tolist() == [0.0, -0.5, 0.0]
+    with pytest.raises(InvalidReply, match=r"array 'bn.running_var' holds a negative variance \(min -0.5\)"):
+        check(_reply(sent))

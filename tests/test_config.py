@@ -99,7 +99,8 @@ def test_the_core_names_no_component_package():
 def test_the_choices_are_those_recorded_before_the_settings_moved():
     # printed by the code of 584e469, before the components declared their own keys; since then the batch-norm
     # models fmnist-cnn-bn and mnist-cnn-bn and the phase finetune-sam-server were added (issue 40), the phases anp,
-    # anp-server and trigger-inversion and the adaptive attacks anp-aware and inversion-aware (issue 41), and
+    # anp-server and trigger-inversion and the adaptive attacks anp-aware and inversion-aware (issue 41), the
+    # malformed reply negative-variance (a reply check for batch-norm models), and
     # nothing else changed
     printed = subprocess.run([sys.executable, "-m", "fl_backdoor.config", "--choices"], capture_output=True,
                              text=True, cwd=ROOT, check=True).stdout

@@ -53,6 +53,8 @@ ERRORS = [
     (["lr=nan"], "error: lr: must be a number, got nan"),
     (["malformed-reply=hang", "round-timeout=inf"],
      "error: round-timeout: inf with malformed-reply 'hang': the server would wait for the hanging client forever"),
+    (["malformed-reply=negative-variance"],
+     "error: malformed-reply: 'negative-variance' with model 'fmnist-cnn', which has no batch norm to break"),
 ]
 WARNINGS = [
     (["byzantine-attack=alie", "num-attackers=0"],

@@ -35,19 +35,36 @@ def assert_finite_model(run_dir: Path, name: str) -> None:
 
 @pytest.mark.slow
 def test_invalid_model_replies_are_dropped_and_counted(data_dir, tmp_path):
-    kinds = ["wrong-names", "wrong-shape", "wrong-dtype", "non-finite", "raise"]
-    cfg = tiny(data_dir, tmp_path, **{"num-clients": 7, "attacker-ids": "0,1,2,3,4", "num-rounds": 2,
-                                      "malformed-reply": "/".join(kinds)})
+    kinds = ["wrong-names", "wrong-shape", "wrong-dtype", "non-finite", "negative-variance", "raise"]
+    cfg = tiny(data_dir, tmp_path, **{"model": "mnist-cnn-bn", "num-clients": 8, "attacker-ids": "0,1,2,3,4,5",
+                                      "num-rounds": 2, "gamma": 1, "malformed-reply": "/".join(kinds)})
     run_dir = run_simulation(cfg)
     rows = read_csv(run_dir / "metrics.csv")
     for row in rows[1:]:
-        assert (int(row["replies"]), int(row["invalid"]), int(row["fault"])) == (2, 4, 1)
+        assert (int(row["replies"]), int(row["invalid"]), int(row["fault"])) == (2, 5, 1)
     reasons = {int(d["client"]): (d["kind"], d["reason"]) for d in dropped(run_dir) if d["round"] == "1"}
     assert reasons[0][0] == "invalid" and "names" in reasons[0][1]
     assert "shape" in reasons[1][1] and "dtype" in reasons[2][1] and "NaN" in reasons[3][1]
-    assert reasons[4][0] == "fault" and "failed on purpose" in reasons[4][1]
+    assert reasons[4][1] == "array 'features.bn1.running_var' holds a negative variance (min -0.001)"
+    assert reasons[5][0] == "fault" and "failed on purpose" in reasons[5][1]
     assert_finite_model(run_dir, "trained")
     assert float(rows[-1]["ta"]) > float(rows[0]["ta"]) + 0.05, "the two honest clients still train the model"
+
+
+@pytest.mark.slow
+def test_model_replacement_that_sends_a_negative_running_variance_is_refused(data_dir, tmp_path):
+    """From a fresh model (running variances 1), an attacker whose variance fell below 1/2 sends 2L - G < 0 at gamma
+    2; accepted, it made the mean negative and every output NaN (the recorded batch-norm trainings' round 1)."""
+    cfg = tiny(data_dir, tmp_path, **{"model": "mnist-cnn-bn", "num-clients": 3, "attacker-ids": "0", "num-rounds": 1,
+                                      "gamma": 2})
+    run_dir = run_simulation(cfg)
+    row = read_csv(run_dir / "metrics.csv")[-1]
+    assert (int(row["replies"]), int(row["invalid"])) == (2, 1)
+    (refused,) = dropped(run_dir)
+    assert refused["client"] == "0" and "running_var' holds a negative variance" in refused["reason"]
+    state = load_checkpoint(run_dir / "checkpoints" / "trained.pt")["state_dict"]
+    assert all((v >= 0).all() for k, v in state.items() if k.endswith("running_var"))
+    assert float(row["ta"]) > 0.2, "the global model's outputs are numbers, not NaN read as class 0"
 
 
 @pytest.mark.slow

@@ -13,6 +13,9 @@ import time
 from typing import Any
 
 from defenses.neuron_ranking import votes_to_prune
+from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.models import build_model
+from fl_backdoor.protocol import RUNNING_VARIANCE
 from fl_backdoor.settings import Rule
 
 from . import BEHAVIOURS, Behaviour, Job, State
@@ -45,10 +48,14 @@ class Crash(Behaviour):
 
 
 class BrokenModel(Behaviour):
-    """Submits its model with the first entry broken (``break_entry``)."""
+    """Submits its model with the first entry broken (``break_entry``), or the first one ``breaks``."""
+
+    def breaks(self, name: str) -> bool:
+        """Whether ``break_entry`` applies to entry ``name``."""
+        return True
 
     def submit(self, job: Job, global_state: State, local: State) -> State:
-        name = next(iter(local))
+        name = next(n for n in local if self.breaks(n))
         broken = dict(local)
         self.break_entry(broken, name)
         return broken
@@ -90,6 +97,27 @@ class NonFinite(BrokenModel):
         bad = state[name].clone()
         bad.view(-1)[0] = float("nan")
         bad.view(-1)[-1] = float("inf")
+        state[name] = bad
+
+
+def _has_batch_norm(cfg: ExperimentConfig) -> str | None:
+    if any(name.endswith(RUNNING_VARIANCE) for name in build_model(cfg).state_dict()):
+        return None
+    return f"'negative-variance' with model '{cfg.model_name}', which has no batch norm to break"
+
+
+@BEHAVIOURS.register("negative-variance", role="malformed", rules=(
+    Rule("malformed-reply", "negative-variance needs a model with batch norm", _has_batch_norm),))
+class NegativeVariance(BrokenModel):
+    """A batch-norm running variance below 0 (what model replacement sends when an attacker's
+    variance is below (1 - 1/gamma) of the global model's)."""
+
+    def breaks(self, name: str) -> bool:
+        return name.endswith(RUNNING_VARIANCE)
+
+    def break_entry(self, state: State, name: str) -> None:
+        bad = state[name].clone()
+        bad.view(-1)[0] = -1e-3
         state[name] = bad
 
 
