@@ -87,12 +87,25 @@ def poisoned_training_data(cfg: ExperimentConfig, client_id: int, x: torch.Tenso
     return x, y, BatchPoisoner(trigger, cfg.attack_label, cfg.poison_per_batch)
 
 
+BATCH_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def is_batch_norm_statistic(name: str) -> bool:
+    """Whether a state-dict entry is a batch norm's running statistic (a buffer, not a weight)."""
+    return name.rsplit(".", 1)[-1] in BATCH_NORM_STATISTICS
+
+
 def scale_update(global_state: dict[str, torch.Tensor], local_state: dict[str, torch.Tensor],
-                 gamma: float) -> dict[str, torch.Tensor]:
-    """Model replacement: G + gamma * (L - G) for every entry, BN buffers included."""
+                 gamma: float, statistics: str = "scaled") -> dict[str, torch.Tensor]:
+    """Model replacement: G + gamma * (L - G) for every entry, BN buffers included.
+
+    ``statistics='own'`` sends the batch norms' running statistics as trained (L) instead."""
     out = {}
     for name, g in global_state.items():
         l = local_state[name]
+        if statistics == "own" and is_batch_norm_statistic(name):
+            out[name] = l
+            continue
         scaled = g.double() + gamma * (l.double() - g.double())
         out[name] = scaled.round().to(g.dtype) if not g.is_floating_point() else scaled.to(g.dtype)
     return out

@@ -114,3 +114,19 @@ def test_replacement_of_a_running_variance_below_half_the_global_one_is_refused(
     assert sent["bn.running_var"].tolist() == [0.0, -0.5, 0.0]
     with pytest.raises(InvalidReply, match=r"array 'bn.running_var' holds a negative variance \(min -0.5\)"):
         check(_reply(sent))
+
+
+def test_own_statistics_replace_the_weights_and_send_the_running_statistics_as_trained():
+    g = {"conv.weight": torch.tensor([1.0, 2.0]), "bn.running_mean": torch.tensor([0.0, 1.0]),
+         "bn.running_var": torch.tensor([1.0, 4.0]), "bn.num_batches_tracked": torch.tensor(10)}
+    l = {"conv.weight": torch.tensor([2.0, 0.0]), "bn.running_mean": torch.tensor([1.0, 0.0]),
+         "bn.running_var": torch.tensor([0.25, 1.0]), "bn.num_batches_tracked": torch.tensor(15)}
+    scaled = scale_update(g, l, gamma=2.0)
+    assert scaled["bn.running_var"].tolist() == [-0.5, -2.0] and int(scaled["bn.num_batches_tracked"]) == 20
+    own = scale_update(g, l, gamma=2.0, statistics="own")
+    assert own["conv.weight"].tolist() == [3.0, -2.0], "the weights are replaced as before"
+    assert all(torch.equal(own[k], l[k]) for k in ("bn.running_mean", "bn.running_var", "bn.num_batches_tracked"))
+    check = model_checker(ArrayRecord(g))
+    check(_reply(own))
+    with pytest.raises(InvalidReply, match="negative variance"):
+        check(_reply(scaled))

@@ -128,7 +128,9 @@ def test_every_key_declares_known_roles_and_the_key_lists_derive_from_them():
                                        # added with issue 14's attacks
                                        "pgd-norm", "pgd-every", "blend-alpha", "blend-seed", "byzantine-attack",
                                        "byzantine-knowledge", "alie-z", "ipm-epsilon", "minmax-gamma",
-                                       "neurotoxin-ratio", "semantic-margin"}
+                                       "neurotoxin-ratio", "semantic-margin",
+                                       # added with the batch-norm reply check (issue 40)
+                                       "replacement-statistics"}
     cleansing = [k for k in ExperimentConfig.keys() if k.startswith(("pruning-", "finetune-", "aw-"))]  # noqa: SIM118
     assert set(roles("cleansing")) == {*cleansing, "defense", "mvp-rate", "curve-points", "clean-budget", "ibau-steps",
                                         # added with issue 17's defenses

@@ -68,8 +68,9 @@ def test_table4_compares_on_every_trained_model_in_runs_of_their_own(tmp_path: P
 @pytest.mark.parametrize("scale", list(SCALES))
 def test_every_target_builds_at_every_scale_with_the_recorded_run_names(scale: str, data_dir: str) -> None:
     """Every run of every target (parents included) keeps its directory name: the names, as computed by the code
-    of 584e469 before the settings moved to their components (the reference target: its first version), are pinned
-    as a count and a hash per target."""
+    of 584e469 before the settings moved to their components (the reference target: its first version; the matrix's
+    batch-norm columns: since their attackers send their own running statistics), are pinned as a count and a hash
+    per target."""
     recorded = json.loads((Path(__file__).parent / "fixtures" / "run_names.json").read_text())
     for target in TARGETS:
         experiments = plan(target, scale).experiments
@@ -210,6 +211,8 @@ def test_matrix_defends_every_settings_trained_models_with_every_defense_sharing
                                                 "-blend-paper-train"))} <= attacks
     kinds = {(t.cfg.dataset, t.cfg.trigger, t.cfg.num_attackers, t.cfg.adaptive_attack, t.cfg.model)
              for t in trainings.values()}
+    assert {t.cfg.value("replacement-statistics") for t in trainings.values() if t.cfg.model == "fmnist-cnn-bn"} \
+        == {"own"}, "batch-norm attackers send valid running statistics, which the server accepts"
     assert kinds == {("fashion-mnist", "pixel-1", 1, "none", ""), ("mnist", "pixel-9", 1, "none", "mnist-cnn"),
                      ("fashion-mnist", "pixel-9", 3, "none", ""), ("mnist", "dba", 4, "none", "mnist-cnn"),
                      ("fashion-mnist", "pixel-1", 1, "pruning-aware", ""),

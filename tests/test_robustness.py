@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fl_backdoor.config import ExperimentConfig
+from fl_backdoor.models import build_model
 from fl_backdoor.run_dir import load_checkpoint, read_csv
 from server_strategies.simulation import run_simulation
 
@@ -52,19 +53,25 @@ def test_invalid_model_replies_are_dropped_and_counted(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_model_replacement_that_sends_a_negative_running_variance_is_refused(data_dir, tmp_path):
+@pytest.mark.parametrize("statistics", ["scaled", "own"])
+def test_model_replacement_that_sends_a_negative_running_variance_is_refused(data_dir, tmp_path, statistics):
     """From a fresh model (running variances 1), an attacker whose variance fell below 1/2 sends 2L - G < 0 at gamma
-    2; accepted, it made the mean negative and every output NaN (the recorded batch-norm trainings' round 1)."""
+    2; accepted, it made the mean negative and every output NaN (the recorded batch-norm trainings' round 1). With
+    replacement-statistics 'own' it sends its running statistics as trained, and is accepted."""
     cfg = tiny(data_dir, tmp_path, **{"model": "mnist-cnn-bn", "num-clients": 3, "attacker-ids": "0", "num-rounds": 1,
-                                      "gamma": 2})
+                                      "gamma": 2, "replacement-statistics": statistics})
     run_dir = run_simulation(cfg)
     row = read_csv(run_dir / "metrics.csv")[-1]
-    assert (int(row["replies"]), int(row["invalid"])) == (2, 1)
-    (refused,) = dropped(run_dir)
-    assert refused["client"] == "0" and "running_var' holds a negative variance" in refused["reason"]
-    state = load_checkpoint(run_dir / "checkpoints" / "trained.pt")["state_dict"]
-    assert all((v >= 0).all() for k, v in state.items() if k.endswith("running_var"))
-    assert float(row["ta"]) > 0.2, "the global model's outputs are numbers, not NaN read as class 0"
+    if statistics == "scaled":
+        assert (int(row["replies"]), int(row["invalid"])) == (2, 1)
+        (refused,) = dropped(run_dir)
+        assert refused["client"] == "0" and "running_var' holds a negative variance" in refused["reason"]
+    else:
+        assert (int(row["replies"]), int(row["invalid"])) == (3, 0) and not (run_dir / "dropped_replies.csv").exists()
+    model = build_model(cfg).eval()
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "trained.pt")["state_dict"])
+    assert all((v >= 0).all() for k, v in model.state_dict().items() if k.endswith("running_var"))
+    assert torch.isfinite(model(torch.rand(8, 1, 28, 28))).all(), "outputs are numbers, not NaN read as class 0"
 
 
 @pytest.mark.slow

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from fl_backdoor.attacks import attack_gamma, is_attacking, poison_settings, poisoned_training_data, scale_update
+from fl_backdoor.attacks import (
+    attack_gamma,
+    is_attacking,
+    poison_settings,
+    poisoned_training_data,
+    scale_update,
+)
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.masks import NeuronMask
-from fl_backdoor.settings import Rule
+from fl_backdoor.models import has_batch_norm
+from fl_backdoor.settings import Rule, Setting
 
 from . import BEHAVIOURS, Behaviour, Job, State, TrainingPlan
 
@@ -32,13 +39,29 @@ def byzantine_overrides(cfg: ExperimentConfig, acting_in_reports: bool) -> str |
             f"and the server submits the Byzantine update in their place, so the adaptive attack {where}")
 
 
-@BEHAVIOURS.register("attacker", role="base", rules=(
+STATISTICS = Setting(
+    "replacement-statistics", "scaled", "What model replacement sends for the batch norms' running statistics: "
+    "'scaled' like every other entry (G + gamma (L - G), as Bagdasaryan et al.'s and BackFed's code do; the server "
+    "refuses the reply where a variance goes negative), or 'own', the attacker's as trained (always valid).",
+    "attack", choices=("scaled", "own"))
+
+
+def statistics_act(cfg: ExperimentConfig) -> str | None:
+    """'own' changes nothing on a model without batch norm."""
+    if STATISTICS.of(cfg) == "scaled" or has_batch_norm(cfg):
+        return None
+    return f"'own' with model '{cfg.model_name}', which has no batch norm: it changes nothing"
+
+
+@BEHAVIOURS.register("attacker", role="base", settings=(STATISTICS,), rules=(
+    Rule("replacement-statistics", "'own' needs a model with batch norm", statistics_act, warning=True),
     Rule("adaptive-attack", "an adaptive attack that acts only in poisoned training is not combined with "
                             "byzantine-attack", lambda cfg: byzantine_overrides(cfg, acting_in_reports=False)),
     Rule("adaptive-attack", "an adaptive attack combined with byzantine-attack acts only in the cleansing queries",
          lambda cfg: byzantine_overrides(cfg, acting_in_reports=True), warning=True)))
 class Attacker(Behaviour):
-    """Trains on poisoned data with its own optimiser and submits G + gamma * (L - G)."""
+    """Trains on poisoned data with its own optimiser and submits G + gamma * (L - G)
+    (``replacement-statistics``: the batch norms' running statistics scaled too, or its own)."""
 
     def poisons(self, server_round: int, phase: str) -> bool:
         # a Byzantine attacker trains honestly: the server plays the colluders (server_strategies/byzantine)
@@ -53,5 +76,5 @@ class Attacker(Behaviour):
     def submit(self, job: Job, global_state: State, local: State) -> State:
         gamma = attack_gamma(self.cfg, job.phase)
         if job.attacking and gamma != 1.0:
-            return scale_update(global_state, local, gamma)
+            return scale_update(global_state, local, gamma, STATISTICS.of(self.cfg))
         return local

@@ -13,8 +13,7 @@ import time
 from typing import Any
 
 from defenses.neuron_ranking import votes_to_prune
-from fl_backdoor.config import ExperimentConfig
-from fl_backdoor.models import build_model
+from fl_backdoor.models import has_batch_norm
 from fl_backdoor.protocol import RUNNING_VARIANCE
 from fl_backdoor.settings import Rule
 
@@ -100,14 +99,9 @@ class NonFinite(BrokenModel):
         state[name] = bad
 
 
-def _has_batch_norm(cfg: ExperimentConfig) -> str | None:
-    if any(name.endswith(RUNNING_VARIANCE) for name in build_model(cfg).state_dict()):
-        return None
-    return f"'negative-variance' with model '{cfg.model_name}', which has no batch norm to break"
-
-
 @BEHAVIOURS.register("negative-variance", role="malformed", rules=(
-    Rule("malformed-reply", "negative-variance needs a model with batch norm", _has_batch_norm),))
+    Rule("malformed-reply", "negative-variance needs a model with batch norm", lambda cfg: None if has_batch_norm(cfg)
+         else f"'negative-variance' with model '{cfg.model_name}', which has no batch norm to break"),))
 class NegativeVariance(BrokenModel):
     """A batch-norm running variance below 0 (what model replacement sends when an attacker's
     variance is below (1 - 1/gamma) of the global model's)."""

@@ -48,6 +48,11 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
     return MODELS[name](widths)
 
 
+def has_batch_norm(cfg: ExperimentConfig) -> bool:
+    """Whether the configured model has a batch norm (running statistics in its state)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in build_model(cfg).modules())
+
+
 def layer_neurons(model: nn.Module, layer: str) -> int:
     """Number of neurons (output channels or units) of a prunable layer."""
     module = model.get_submodule(layer)
