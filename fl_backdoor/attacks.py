@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .config import ExperimentConfig, parse_int_list, parse_round_spec
+from .models import is_batch_norm_statistic
 from .poisoning import BatchPoisoner, victim_copies
 from .training import BatchTransform, SGDSettings
 from .triggers import Trigger, trigger_for, trigger_pieces
@@ -85,14 +86,6 @@ def poisoned_training_data(cfg: ExperimentConfig, client_id: int, x: torch.Tenso
         xp, yp = victim_copies(x, y, cfg.victim_label, cfg.attack_label, trigger)
         return xp, yp, None
     return x, y, BatchPoisoner(trigger, cfg.attack_label, cfg.poison_per_batch)
-
-
-BATCH_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def is_batch_norm_statistic(name: str) -> bool:
-    """Whether a state-dict entry is a batch norm's running statistic (a buffer, not a weight)."""
-    return name.rsplit(".", 1)[-1] in BATCH_NORM_STATISTICS
 
 
 def scale_update(global_state: dict[str, torch.Tensor], local_state: dict[str, torch.Tensor],

@@ -26,7 +26,6 @@ from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.masks import NeuronMask
 
 ARRAYS = "arrays"
-RUNNING_VARIANCE = "running_var"  # how torch names a batch-norm running variance in a state dict
 RUN_CONFIG = "run-config"
 CONFIG = "config"
 METRICS = "metrics"

@@ -16,6 +16,7 @@ import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
 from fl_backdoor import protocol
+from fl_backdoor.models import RUNNING_VARIANCE
 
 Checker = Callable[[RecordDict], Any]
 
@@ -63,7 +64,7 @@ def model_checker(reference: ArrayRecord) -> Checker:
             values = array.numpy()
             if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
                 raise InvalidReply(f"array '{name}' holds NaN or Inf")
-            if name.endswith(protocol.RUNNING_VARIANCE) and (values < 0).any():
+            if name.endswith(RUNNING_VARIANCE) and (values < 0).any():
                 raise InvalidReply(f"array '{name}' holds a negative variance (min {float(values.min()):.3g})")
         metrics = metrics_of(content)
         num_examples(metrics)

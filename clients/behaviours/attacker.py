@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fl_backdoor.attacks import (
-    attack_gamma,
-    is_attacking,
-    poison_settings,
-    poisoned_training_data,
-    scale_update,
-)
+from fl_backdoor.attacks import attack_gamma, is_attacking, poison_settings, poisoned_training_data, scale_update
 from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.masks import NeuronMask
 from fl_backdoor.models import has_batch_norm

@@ -13,8 +13,7 @@ import time
 from typing import Any
 
 from defenses.neuron_ranking import votes_to_prune
-from fl_backdoor.models import has_batch_norm
-from fl_backdoor.protocol import RUNNING_VARIANCE
+from fl_backdoor.models import RUNNING_VARIANCE, has_batch_norm
 from fl_backdoor.settings import Rule
 
 from . import BEHAVIOURS, Behaviour, Job, State

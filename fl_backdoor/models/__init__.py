@@ -48,6 +48,15 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
     return MODELS[name](widths)
 
 
+RUNNING_VARIANCE = "running_var"
+BATCH_NORM_STATISTICS = ("running_mean", RUNNING_VARIANCE, "num_batches_tracked")  # a batch norm's state-dict buffers
+
+
+def is_batch_norm_statistic(name: str) -> bool:
+    """Whether a state-dict entry is a batch norm's running statistic (a buffer, not a weight)."""
+    return name.rsplit(".", 1)[-1] in BATCH_NORM_STATISTICS
+
+
 def has_batch_norm(cfg: ExperimentConfig) -> bool:
     """Whether the configured model has a batch norm (running statistics in its state)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in build_model(cfg).modules())
