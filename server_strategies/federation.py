@@ -130,6 +130,10 @@ class Federation:
                        f"no reply within {self.cfg.round_timeout:g}s")
         return sorted(valid, key=lambda item: item[0])  # arrival order must not change the sums
 
+    def refuse(self, phase: str, server_round: int, client: int, reason: str) -> None:
+        """Drop a reply that passed ``screen`` but that the server refuses later, as an invalid one."""
+        self._drop(phase, server_round, "invalid", client, self.client_nodes[client], reason)
+
     def _drop(self, phase: str, server_round: int, kind: str, client: int | None, node: int, reason: str) -> None:
         self.dropped.append({"phase": phase, "round": server_round, "client": client, "node": node,
                              "kind": kind, "reason": reason})

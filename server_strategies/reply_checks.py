@@ -40,17 +40,14 @@ def num_examples(metrics: Any) -> int:
     return int(value)
 
 
-def model_checker(reference: ArrayRecord) -> Checker:
-    """A train reply: one model with the reference's names, shapes and dtypes, all finite.
+def arrays_checker(reference: ArrayRecord) -> Callable[[ArrayRecord], None]:
+    """A model's arrays: the reference's names, shapes and dtypes, all finite; InvalidReply otherwise.
 
     A batch-norm running variance (an array named ``*running_var``) must also be >= 0: once the
     aggregate holds a negative one, ``sqrt(var + eps)`` is NaN and so is every output."""
     expected = {name: (tuple(a.shape), a.dtype) for name, a in reference.items()}
 
-    def check(content: RecordDict) -> tuple[ArrayRecord, float]:
-        if list(content.array_records) != [protocol.ARRAYS]:
-            raise InvalidReply(f"expected one ArrayRecord '{protocol.ARRAYS}', got {list(content.array_records)}")
-        arrays = content.array_records[protocol.ARRAYS]
+    def check(arrays: ArrayRecord) -> None:
         names = set(arrays.keys())
         if names != set(expected):
             missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
@@ -66,6 +63,19 @@ def model_checker(reference: ArrayRecord) -> Checker:
                 raise InvalidReply(f"array '{name}' holds NaN or Inf")
             if name.endswith(RUNNING_VARIANCE) and (values < 0).any():
                 raise InvalidReply(f"array '{name}' holds a negative variance (min {float(values.min()):.3g})")
+
+    return check
+
+
+def model_checker(reference: ArrayRecord) -> Checker:
+    """A train reply: one model that ``arrays_checker(reference)`` accepts, and a finite train loss."""
+    check_arrays = arrays_checker(reference)
+
+    def check(content: RecordDict) -> tuple[ArrayRecord, float]:
+        if list(content.array_records) != [protocol.ARRAYS]:
+            raise InvalidReply(f"expected one ArrayRecord '{protocol.ARRAYS}', got {list(content.array_records)}")
+        arrays = content.array_records[protocol.ARRAYS]
+        check_arrays(arrays)
         metrics = metrics_of(content)
         num_examples(metrics)
         loss = metrics.get("train-loss", 0.0)

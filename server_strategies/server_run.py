@@ -19,7 +19,7 @@ from fl_backdoor.masks import NeuronMask, install_mask
 from fl_backdoor.plots import plot_curves
 from fl_backdoor.run_dir import RunDirectory, save_checkpoint, write_csv, write_json
 from server_strategies.aggregators import AGGREGATORS, Aggregate, detection_counts, round_context
-from server_strategies.byzantine import poison_replies
+from server_strategies.byzantine import byzantine_replies
 from server_strategies.federation import Federation
 from server_strategies.reply_checks import model_checker
 
@@ -145,14 +145,15 @@ class ServerRun:
         arrays = gm.arrays()
         valid = federation.ask(clients, MessageType.TRAIN, arrays, entries or {}, server_round, phase, gm.mask,
                                model_checker(arrays))
+        valid = byzantine_replies(cfg, arrays, valid, [is_attacking(cfg, c, server_round, phase) for c, _ in valid],
+                                  lambda client, reason: federation.refuse(phase, server_round, client, reason))
         detection: dict[str, Any] = {}  # the aggregation's seconds, and whom it flagged
         if len(valid) < cfg.min_replies:
             print(f"[{phase}] round {server_round}: only {len(valid)} valid replies "
                   f"(min-replies {cfg.min_replies}); round skipped, global model kept", flush=True)
         else:
             context = round_context(cfg.aggregation, server_round, [c for c, _ in valid], gm.aggregator_memory)
-            local = poison_replies(cfg, arrays, [local for _, (local, _) in valid],
-                                   [is_attacking(cfg, c, server_round, phase) for c, _ in valid])
+            local = [local for _, (local, _) in valid]
             aggregating = time.perf_counter()
             result = AGGREGATORS[cfg.aggregation](arrays, local, cfg, **context)
             detection["aggregate_seconds"] = round(time.perf_counter() - aggregating, 4)

@@ -135,6 +135,34 @@ def test_the_colluders_replies_become_one_malicious_model():
     assert alone == local, "one colluder knows no spread: it submits its honest model"
 
 
+def test_a_byzantine_model_the_server_would_refuse_is_dropped_like_a_reply():
+    """The server builds the attackers' models after the replies' checks, so it checks each built one itself."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    from server_strategies.byzantine import byzantine_replies
+
+    def rec(w: float, var: float) -> ArrayRecord:
+        return ArrayRecord({"w": Array(np.asarray([w])), "bn.running_var": Array(np.asarray([var]))})
+
+    g = rec(0.0, 1.0)
+    valid = [(c, (rec(w, var), 0.5)) for c, (w, var) in enumerate([(1.0, 1.5), (3.0, 2.0), (2.0, 1.0)])]
+    refused: list[tuple[int, str]] = []
+    cfg = ExperimentConfig.from_flat({"byzantine-attack": "ipm", "ipm-epsilon": 1.0})
+    # -1 x the mean update (2.0, 0.5): w -2.0 and variance 1 - 0.5 = 0.5, a valid model
+    kept = byzantine_replies(cfg, g, valid, [False, True, True], lambda c, r: refused.append((c, r)))
+    assert [c for c, _ in kept] == [0, 1, 2] and not refused
+    assert kept[1][1][0]["bn.running_var"].numpy().tolist() == [0.5] and kept[1][1][1] == 0.5
+    # at epsilon 4 the variance is 1 - 4 x 0.5 = -1: both attackers' models are refused, the honest reply kept
+    kept = byzantine_replies(cfg.replace(ipm_epsilon=4.0), g, valid, [False, True, True],
+                             lambda c, r: refused.append((c, r)))
+    assert [c for c, _ in kept] == [0] and kept[0][1][0] is valid[0][1][0]
+    assert refused == [(c, "Byzantine model: array 'bn.running_var' holds a negative variance (min -1)")
+                       for c in (1, 2)]
+    assert byzantine_replies(cfg.replace(byzantine_attack="none"), g, valid, [False, True, True],
+                             lambda c, r: refused.append((c, r))) is valid
+
+
 @pytest.mark.parametrize("values", [{"trigger": "blend"}, {"adaptive-attack": "label-flip"},
                                     {"adaptive-attack": "neurotoxin"},
                                     {"dataset": "cifar10", "model": "vgg11", "model-widths": "4,4,6,6,8,8,8,8",

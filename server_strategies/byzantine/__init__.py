@@ -24,6 +24,7 @@ Its AA means nothing (there is no trigger); its effect is on TA.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord
@@ -32,10 +33,12 @@ from fl_backdoor.config import ExperimentConfig
 from fl_backdoor.registry import Registry
 from fl_backdoor.settings import Setting
 from server_strategies.aggregators import apply_update, flat_updates
+from server_strategies.reply_checks import InvalidReply, arrays_checker
 
 KNOWLEDGE = Setting("byzantine-knowledge", "omniscient", "What the Byzantine attackers know: omniscient (every "
                                                          "client's honest update) or colluders (their own).",
                     "attack", choices=("omniscient", "colluders"), added=True)
+TrainReply = tuple[int, tuple[ArrayRecord, Any]]  # (client, (its model, its train loss))
 ByzantineAttack = Callable[[np.ndarray, int, int, ExperimentConfig], np.ndarray]
 BYZANTINE: Registry[ByzantineAttack] = Registry("byzantine attack", __name__, settings=(KNOWLEDGE,),
                                                 choices={"byzantine-attack": lambda r: ("none", *r.names())})
@@ -55,3 +58,25 @@ def poison_replies(cfg: ExperimentConfig, global_arrays: ArrayRecord, local: lis
         return local
     poisoned = apply_update(global_arrays, BYZANTINE[cfg.byzantine_attack](known, len(local), m, cfg))
     return [poisoned if bad else arrays for arrays, bad in zip(local, attacking, strict=True)]
+
+
+def byzantine_replies(cfg: ExperimentConfig, global_arrays: ArrayRecord, valid: list[TrainReply],
+                      attacking: list[bool], refuse: Callable[[int, str], None]) -> list[TrainReply]:
+    """The valid train replies (client, (model, loss)) with every attacker's model replaced by ``poison_replies``.
+
+    The server checks each built model as it checks a reply: one it would refuse (e.g. a negative
+    batch-norm running variance) is dropped through ``refuse(client, reason)``."""
+    if cfg.byzantine_attack == "none":
+        return valid
+    poisoned = poison_replies(cfg, global_arrays, [model for _, (model, _) in valid], attacking)
+    check = arrays_checker(global_arrays)
+    kept = []
+    for (client, (_, loss)), model, bad in zip(valid, poisoned, attacking, strict=True):
+        if bad:
+            try:
+                check(model)
+            except InvalidReply as exc:
+                refuse(client, f"Byzantine model: {exc}")
+                continue
+        kept.append((client, (model, loss)))
+    return kept
